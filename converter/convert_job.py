@@ -1,0 +1,147 @@
+"""The one flow: load → passes → emit → (golden check) → commit. Each CLI subcommand views one part of it."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from converter.backend_api import Artifact, Backend, EmitContext
+from converter.errors import BackendUnavailable, CheckFailed, UsageError
+from converter.feeds import Feeds, check_feeds, load_npz, parse_shapes, seeded_feeds
+from converter.golden import CaseResult, check_case, load_case
+from converter.graph_info import graph_inputs
+from converter.model_io import LoadedModel, atomic_outputs, commit, ensure_not_input, load_model
+from converter.options import build_options
+from converter.pass_manager import VerifySpec, build_passes, check_input_model, run_pipeline
+from converter.pipeline_text import format_step, parse_pipeline, parse_step
+from converter.plugin_manager import Plugins
+from converter.report import PipelineReport
+
+log = logging.getLogger("converter")
+
+
+@dataclass
+class ConvertRequest:
+    model: Path
+    pipeline: str = ""
+    backend: str = "ort"
+    output: Path | None = None
+    golden: Path | None = None
+    precision: str | None = None
+    verify: bool = False
+    inputs: Path | None = None
+    input_shapes: str | None = None
+    check: bool = True
+    keep_failed: bool = False
+    seed: int = 0
+
+
+@dataclass
+class ConvertOutcome:
+    source: LoadedModel
+    report: PipelineReport
+    artifact: Artifact | None
+    golden: CaseResult | None = None
+    written: list[Path] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": str(self.source.path),
+            "model_sha256": self.source.sha256,
+            "passes": self.report.to_json(),
+            "artifact": None if self.artifact is None else {"path": str(self.artifact.path), "backend": self.artifact.backend, "files": [str(f) for f in self.written], "manifest": self.artifact.manifest},
+            "golden": None if self.golden is None else self.golden.to_json(),
+        }
+
+
+def make_backend(text: str, plugins: Plugins) -> Backend:
+    """A backend instance from ``name`` or ``name{opt=val}``; unavailable backends raise exit-3 errors."""
+    step = parse_step(text)
+    cls = plugins.backends.get(step.name).cls
+    backend = cls(build_options(cls.Options, step.options, f"backend '{step.name}'"))
+    avail = cls.availability()
+    if not avail:
+        raise BackendUnavailable(f"backend '{step.name}' is unavailable: {avail.reason}")
+    backend.preflight()
+    return backend
+
+
+def verify_feeds(req: ConvertRequest, loaded: LoadedModel) -> Feeds:
+    specs = graph_inputs(loaded.proto)
+    if req.inputs is not None:
+        feeds = load_npz(req.inputs)
+        check_feeds(feeds, specs, where=str(req.inputs))
+        return feeds
+    return seeded_feeds(specs, req.seed, parse_shapes(req.input_shapes))
+
+
+def default_output(model: Path, backend: Backend) -> Path:
+    return Path.cwd() / f"{model.stem}.{backend.name}{backend.suffix}"
+
+
+def convert(req: ConvertRequest, plugins: Plugins) -> ConvertOutcome:
+    steps = parse_pipeline(req.pipeline)
+    passes = build_passes(steps, plugins.passes)
+    backend = make_backend(req.backend, plugins)
+    loaded = load_model(req.model)
+    protected = [loaded.path, *loaded.external_data_files]
+    out = (req.output or default_output(loaded.path, backend)).absolute()
+    if out.is_dir():
+        raise UsageError(f"output {out} is a directory; give a file path with -o")
+    ensure_not_input(out, protected)
+    case = load_case(req.golden) if req.golden is not None else None
+    precision = req.precision or _pipeline_precision(passes)
+    if req.check:
+        check_input_model(loaded.proto, str(loaded.path))
+    verify = VerifySpec(verify_feeds(req, loaded), {}) if req.verify else None
+    model, report = run_pipeline(loaded.proto, passes, check=req.check, verify=verify, seed=req.seed, model_dir=str(loaded.path.parent))
+    outcome = ConvertOutcome(loaded, report, None)
+    pipeline_text = ",".join(format_step(s) for s in steps)
+    with atomic_outputs(out.parent) as staging:
+        ctx = EmitContext(staging=staging, file_name=out.name, log=logging.getLogger(f"converter.backend.{backend.name}"), source_sha256=loaded.sha256, pipeline=pipeline_text)
+        artifact = backend.emit(model, ctx)
+        artifact.write_manifest()
+        for f in artifact.files:
+            ensure_not_input(out.parent / f.name, protected)
+        if case is not None:
+            outcome.golden = check_case(backend.load(artifact), case, precision)
+        if outcome.golden is not None and not outcome.golden and not req.keep_failed:
+            outcome.artifact = artifact
+            raise GoldenFailed(outcome)
+        # data and manifest first, the main file last
+        for f in sorted(artifact.files, key=lambda p: p == artifact.path):
+            commit(f, out.parent / f.name)
+        outcome.written = [out.parent / f.name for f in artifact.files]
+        outcome.artifact = artifact.moved_to(out.parent)
+    if outcome.golden is not None and not outcome.golden:
+        raise GoldenFailed(outcome)
+    return outcome
+
+
+def _pipeline_precision(passes: list) -> str:
+    order = ["fp32", "fp16", "int8"]
+    found = [p.output_precision for p in passes if p.output_precision]
+    return max(found, key=order.index) if found else "fp32"
+
+
+class GoldenFailed(CheckFailed):
+    """The artifact missed its golden case; carries the outcome for the report."""
+
+    def __init__(self, outcome: ConvertOutcome) -> None:
+        g = outcome.golden
+        assert g is not None
+        failed = sorted({o for _, c in g.data_sets for o in c.failed_outputs()})
+        kept = "kept at " + str(outcome.written[-1]) if outcome.written else "not written (pass --keep-failed to keep it)"
+        super().__init__(f"golden check failed for case '{g.case}' at {g.precision}: {', '.join(failed)}; artifact {kept}")
+        self.outcome = outcome
+
+
+def remove_files(paths: list[Path]) -> None:
+    for p in paths:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)

@@ -1,0 +1,71 @@
+"""The error hierarchy and the exit codes the CLI maps it to.
+
+User-facing errors derive from :class:`ConverterError` and carry a one-line
+message that says what is wrong and what to do. Anything else that escapes is a
+bug of ours and exits with :data:`EXIT_INTERNAL`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
+EXIT_USAGE = 2
+EXIT_BACKEND_UNAVAILABLE = 3
+EXIT_INTERNAL = 4
+
+
+class ConverterError(Exception):
+    """Base of every error the user can fix; ``str(err)`` is the one line we print."""
+
+    exit_code: int = EXIT_USAGE
+
+
+class UsageError(ConverterError):
+    """Bad command line, options or pipeline text."""
+
+
+class ModelError(ConverterError):
+    """The model cannot be loaded, or it is invalid."""
+
+
+class PassError(ConverterError):
+    """A pass failed or refused the model; names the pass and those that ran before it."""
+
+    def __init__(self, pass_name: str, message: str, ran_before: Sequence[str] = ()) -> None:
+        self.pass_name = pass_name
+        self.message = message
+        self.ran_before = list(ran_before)
+        before = ", ".join(self.ran_before) if self.ran_before else "none"
+        super().__init__(f"pass '{pass_name}' failed: {message} (passes run before it: {before})")
+
+
+class BackendUnavailable(ConverterError):
+    """The backend cannot run here (a dependency or a device is missing)."""
+
+    exit_code = EXIT_BACKEND_UNAVAILABLE
+
+
+class BackendError(ConverterError):
+    """The backend could not build or run the artifact."""
+
+    exit_code = EXIT_CHECK_FAILED
+
+
+class CheckFailed(ConverterError):
+    """A check ran and failed: golden mismatch, verification drift."""
+
+    exit_code = EXIT_CHECK_FAILED
+
+
+class PluginError(ConverterError):
+    """A plugin registered something invalid (a duplicate name, a bad class)."""
+
+
+class VerifyDrift(CheckFailed):
+    """``--verify`` found a pass whose outputs drift; carries the report of the passes that ran."""
+
+    def __init__(self, message: str, report: object) -> None:
+        super().__init__(message)
+        self.report = report

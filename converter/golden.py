@@ -1,0 +1,244 @@
+"""Golden cases: stored inputs, reference outputs and tolerances, checked against artifacts.
+
+A case is a folder in ONNX's backend-test layout, so other tools can read it::
+
+    golden/NAME/manifest.json
+    golden/NAME/test_data_set_0/input_0.pb, input_1.pb, ..., output_0.pb, ...
+
+The manifest says where the model comes from (its sha256 and how to obtain it)
+and the tolerances per precision. Reference outputs change only through
+``convert golden record`` (``--force`` to replace an existing case).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from converter import __version__
+from converter.backend_api import Runner
+from converter.compare import DEFAULT_TOLERANCES, Comparison, Tolerance, compare
+from converter.errors import ModelError, UsageError
+from converter.feeds import Feeds
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+
+
+@dataclass
+class DataSet:
+    inputs: Feeds
+    outputs: dict[str, np.ndarray]
+    name: str = "test_data_set_0"
+
+
+@dataclass
+class GoldenCase:
+    path: Path
+    manifest: dict[str, Any]
+    data_sets: list[DataSet] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest.get("name", self.path.name))
+
+    def tolerance(self, precision: str) -> Tolerance:
+        tols = self.manifest.get("tolerances", {})
+        if precision not in tols and precision not in DEFAULT_TOLERANCES:
+            raise UsageError(f"golden case {self.path} has no tolerance for precision '{precision}' (has: {', '.join(tols)})")
+        return Tolerance.from_json(tols[precision]) if precision in tols else DEFAULT_TOLERANCES[precision]
+
+    def model_path(self) -> Path:
+        """Locate the case's model from its manifest source, and check its hash."""
+        src = self.manifest.get("model", {}).get("source", {})
+        kind = src.get("kind")
+        if kind == "file":
+            path = self.path / src["path"]
+        elif kind == "package":
+            spec = importlib.util.find_spec(src["package"])
+            if spec is None or not spec.submodule_search_locations:
+                hint = src.get("install", f"pip install {src['package']}")
+                raise ModelError(f"golden case {self.name}: package '{src['package']}' is not installed; {hint}")
+            path = Path(list(spec.submodule_search_locations)[0]) / src["resource"]
+        elif kind == "path":
+            path = Path(src["path"])
+        else:
+            raise ModelError(f"golden case {self.name}: manifest has no usable model source ({src!r})")
+        if not path.is_file():
+            raise ModelError(f"golden case {self.name}: model not found at {path}")
+        return path
+
+
+def _write_tensor(arr: np.ndarray, name: str, path: Path) -> None:
+    path.write_bytes(numpy_helper.from_array(np.ascontiguousarray(arr), name).SerializeToString())
+
+
+def _read_tensor(path: Path) -> tuple[str, np.ndarray]:
+    t = onnx.TensorProto()
+    try:
+        t.ParseFromString(path.read_bytes())
+    except Exception as exc:
+        raise UsageError(f"{path} is not a serialized TensorProto: {exc}") from exc
+    return t.name, numpy_helper.to_array(t)
+
+
+def _numbered(folder: Path, prefix: str) -> list[Path]:
+    files = [p for p in folder.glob(f"{prefix}_*.pb") if p.stem.split("_")[-1].isdigit()]
+    return sorted(files, key=lambda p: int(p.stem.split("_")[-1]))
+
+
+def read_data_set(folder: Path, input_names: list[str], output_names: list[str]) -> DataSet:
+    """Read one test_data_set folder; tensors without names are matched by position."""
+    def named(files: list[Path], names: list[str]) -> dict[str, np.ndarray]:
+        out = {}
+        for i, f in enumerate(files):
+            name, arr = _read_tensor(f)
+            key = name or (names[i] if i < len(names) else f.stem)
+            out[key] = arr
+        return out
+
+    return DataSet(named(_numbered(folder, "input"), input_names), named(_numbered(folder, "output"), output_names), folder.name)
+
+
+def load_case(path: str | os.PathLike[str]) -> GoldenCase:
+    p = Path(path)
+    mp = p / MANIFEST
+    if not mp.is_file():
+        raise UsageError(f"{p} is not a golden case (no {MANIFEST}); record one with 'convert golden record'")
+    try:
+        manifest = json.loads(mp.read_text())
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{mp} is not valid JSON: {exc}") from exc
+    sets = sorted((d for d in p.glob("test_data_set_*") if d.is_dir()), key=lambda d: int(d.name.rsplit("_", 1)[-1]))
+    if not sets:
+        raise UsageError(f"golden case {p} has no test_data_set_N folder")
+    ins, outs = list(manifest.get("inputs", [])), list(manifest.get("outputs", []))
+    return GoldenCase(p, manifest, [read_data_set(d, ins, outs) for d in sets])
+
+
+def package_source(model_path: Path) -> dict[str, str] | None:
+    """If the model lies inside an installed package, describe it so the case can find it again."""
+    resolved = model_path.resolve()
+    for dist in importlib.metadata.distributions():
+        files = dist.files or []
+        for f in files:
+            if f.suffix != ".onnx":
+                continue
+            try:
+                located = Path(str(dist.locate_file(f))).resolve()
+            except (OSError, NotImplementedError):
+                continue
+            if located == resolved:
+                parts = Path(str(f)).parts
+                return {
+                    "kind": "package",
+                    "package": parts[0],
+                    "resource": str(Path(*parts[1:])),
+                    "install": f"pip install --no-deps {dist.metadata['Name']}=={dist.version}",
+                }
+    return None
+
+
+def record_case(
+    out_dir: Path,
+    *,
+    model_path: Path,
+    model_sha256: str,
+    data_sets: list[DataSet],
+    input_names: list[str],
+    output_names: list[str],
+    recipe: str = "",
+    copy_model: bool = False,
+    force: bool = False,
+    tolerances: dict[str, Tolerance] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> GoldenCase:
+    """Write a case atomically (staged beside ``out_dir``, then renamed into place)."""
+    if out_dir.exists() and not force:
+        raise UsageError(f"golden case {out_dir} already exists; reference outputs change only on purpose: pass --force to replace it")
+    source: dict[str, str]
+    if copy_model:
+        source = {"kind": "file", "path": "model.onnx"}
+    else:
+        source = package_source(model_path) or {"kind": "path", "path": str(model_path.resolve())}
+    import onnxruntime
+
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "name": out_dir.name,
+        "model": {"sha256": model_sha256, "source": source, "recipe": recipe},
+        "inputs": input_names,
+        "outputs": output_names,
+        "tolerances": {k: v.to_json() for k, v in (tolerances or DEFAULT_TOLERANCES).items()},
+        "recorded": {
+            "converter": __version__,
+            "onnxruntime": onnxruntime.__version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        },
+        **(extra or {}),
+    }
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        for i, ds in enumerate(data_sets):
+            folder = staging / f"test_data_set_{i}"
+            folder.mkdir()
+            for k, name in enumerate(input_names):
+                _write_tensor(ds.inputs[name], name, folder / f"input_{k}.pb")
+            for k, name in enumerate(output_names):
+                _write_tensor(ds.outputs[name], name, folder / f"output_{k}.pb")
+        if copy_model:
+            shutil.copyfile(model_path, staging / "model.onnx")
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        old = None
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            os.replace(out_dir, old)
+        os.replace(staging, out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return load_case(out_dir)
+
+
+@dataclass
+class CaseResult:
+    case: str
+    precision: str
+    data_sets: list[tuple[str, Comparison]]
+
+    def __bool__(self) -> bool:
+        return all(bool(c) for _, c in self.data_sets)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"case": self.case, "precision": self.precision, "passed": bool(self), "data_sets": {n: c.to_json() for n, c in self.data_sets}}
+
+    def table(self) -> str:
+        lines = []
+        for name, comp in self.data_sets:
+            lines.append(f"{self.case}/{name}: {'PASS' if comp else 'FAIL'}")
+            lines.append(comp.table())
+        return "\n".join(lines)
+
+
+def check_case(runner: Runner, case: GoldenCase, precision: str = "fp32") -> CaseResult:
+    tol = case.tolerance(precision)
+    results = []
+    for ds in case.data_sets:
+        outputs = runner.run(ds.inputs)
+        results.append((ds.name, compare(outputs, ds.outputs, tol, precision)))
+    return CaseResult(case.name, precision, results)

@@ -1,0 +1,99 @@
+"""Small, reusable edits on ONNX graphs: uses, renames, topological order."""
+
+from __future__ import annotations
+
+import heapq
+from collections import defaultdict
+
+import onnx
+
+
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    out = []
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            out.append(attr.g)
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            out.extend(attr.graphs)
+    return out
+
+
+def outer_scope_inputs(graph: onnx.GraphProto) -> set[str]:
+    """Names a (sub)graph reads but does not define: references to enclosing scopes."""
+    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    used: set[str] = set()
+    for n in graph.node:
+        used.update(x for x in n.input if x)
+        for sg in _subgraphs(n):
+            used |= outer_scope_inputs(sg)
+        defined.update(o for o in n.output if o)
+    used.update(o.name for o in graph.output)
+    return used - defined
+
+
+def node_inputs(node: onnx.NodeProto) -> list[str]:
+    """Direct inputs plus names the node's subgraphs take from the enclosing scope."""
+    names = [x for x in node.input if x]
+    for sg in _subgraphs(node):
+        names.extend(sorted(outer_scope_inputs(sg)))
+    return names
+
+
+def rename_uses(graph: onnx.GraphProto, old: str, new: str) -> int:
+    """Make every reader of ``old`` (subgraphs included) read ``new``; returns how many inputs changed."""
+    count = 0
+    for n in graph.node:
+        for i, x in enumerate(n.input):
+            if x == old:
+                n.input[i] = new
+                count += 1
+        for sg in _subgraphs(n):
+            count += rename_uses(sg, old, new)
+    return count  # graph outputs are left to the caller: renaming one changes the interface
+
+
+def topological_sort(graph: onnx.GraphProto) -> bool:
+    """Order nodes so producers come before consumers, keeping the given order where it is valid.
+
+    Returns True when the order changed. Raises ValueError on a cycle or a missing producer.
+    """
+    nodes = list(graph.node)
+    producer: dict[str, int] = {}
+    for idx, n in enumerate(nodes):
+        for o in n.output:
+            if o:
+                producer[o] = idx
+    deps: list[set[int]] = []
+    consumers: dict[int, list[int]] = defaultdict(list)
+    for idx, n in enumerate(nodes):
+        d = set()
+        for name in node_inputs(n):
+            if name in producer:  # others: graph inputs, initializers, outer scope (the checker reports missing ones)
+                d.add(producer[name])
+        d.discard(idx)
+        deps.append(d)
+        for p in d:
+            consumers[p].append(idx)
+    remaining = [len(d) for d in deps]
+    order: list[int] = []
+    heap = [i for i, r in enumerate(remaining) if r == 0]  # smallest index first: keeps the given order
+    heapq.heapify(heap)
+    while heap:
+        i = heapq.heappop(heap)
+        order.append(i)
+        for c in consumers[i]:
+            remaining[c] -= 1
+            if remaining[c] == 0:
+                heapq.heappush(heap, c)
+    if len(order) != len(nodes):
+        stuck = [nodes[i].name or nodes[i].op_type for i in range(len(nodes)) if remaining[i] > 0][:5]
+        raise ValueError(f"the graph has a cycle through nodes {', '.join(stuck)}")
+    if order == list(range(len(nodes))):
+        return False
+    sorted_nodes = [nodes[i] for i in order]
+    copies = [onnx.NodeProto() for _ in sorted_nodes]
+    for c, n in zip(copies, sorted_nodes):
+        c.CopyFrom(n)
+    del graph.node[:]
+    graph.node.extend(copies)
+    return True

@@ -1,0 +1,145 @@
+"""Typed options: a dataclass per pass or backend, parsed from the text users type.
+
+Fields carry their help in ``metadata={"help": ...}``. Supported field types:
+bool, int, float, str, ``Literal[...]`` (a choice), ``tuple[T, ...]`` (a list
+written ``[a,b]`` or ``a|b``) and ``Optional`` of any of these (``none`` clears it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from collections.abc import Mapping
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+from converter.errors import UsageError
+
+
+@dataclasses.dataclass(frozen=True)
+class NoOptions:
+    """For passes and backends without options."""
+
+
+@dataclasses.dataclass(frozen=True)
+class OptionInfo:
+    name: str
+    type_text: str
+    default: Any
+    help: str
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _is_optional(tp: Any) -> tuple[bool, Any]:
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(get_args(tp)) == 2:
+            return True, args[0]
+    return False, tp
+
+
+def type_text(tp: Any) -> str:
+    optional, inner = _is_optional(tp)
+    if optional:
+        return f"{type_text(inner)} | none"
+    origin = get_origin(inner)
+    if origin is Literal:
+        return "|".join(str(a) for a in get_args(inner))
+    if origin is tuple:
+        return f"list[{type_text(get_args(inner)[0])}]"
+    return getattr(inner, "__name__", str(inner))
+
+
+def _split_list(text: str) -> list[str]:
+    t = text.strip()
+    if t.startswith("[") and t.endswith("]"):
+        t = t[1:-1]
+        parts = t.split(",")
+    else:
+        parts = t.split("|")
+    return [p.strip() for p in parts if p.strip()]
+
+
+def parse_value(tp: Any, text: str, where: str) -> Any:
+    """Parse ``text`` as a value of type ``tp``; ``where`` names the option in errors."""
+    optional, inner = _is_optional(tp)
+    raw = text.strip()
+    if optional and raw.lower() in {"none", "null", ""}:
+        return None
+    origin = get_origin(inner)
+    if origin is Literal:
+        choices = [str(a) for a in get_args(inner)]
+        if raw not in choices:
+            raise UsageError(f"{where}: '{raw}' is not one of {', '.join(choices)}")
+        return get_args(inner)[choices.index(raw)]
+    if origin is tuple:
+        elem = get_args(inner)[0]
+        return tuple(parse_value(elem, part, where) for part in _split_list(raw))
+    if inner is bool:
+        low = raw.lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise UsageError(f"{where}: '{raw}' is not a boolean (use true or false)")
+    if inner is int:
+        try:
+            return int(raw, 0)
+        except ValueError:
+            raise UsageError(f"{where}: '{raw}' is not an integer") from None
+    if inner is float:
+        try:
+            return float(raw)
+        except ValueError:
+            raise UsageError(f"{where}: '{raw}' is not a number") from None
+    if inner is str:
+        return raw
+    raise TypeError(f"unsupported option type {inner!r} for {where}")  # a bug in the plugin's options class
+
+
+def option_infos(options_cls: type) -> list[OptionInfo]:
+    hints = get_type_hints(options_cls)
+    infos = []
+    for f in dataclasses.fields(options_cls):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        infos.append(OptionInfo(f.name, type_text(hints[f.name]), default, str(f.metadata.get("help", ""))))
+    return infos
+
+
+def build_options(options_cls: type, raw: Mapping[str, str], owner: str) -> Any:
+    """Make an instance of ``options_cls`` from text values; unknown or bad options are usage errors."""
+    if not dataclasses.is_dataclass(options_cls):
+        raise TypeError(f"{owner}: options class {options_cls!r} is not a dataclass")
+    hints = get_type_hints(options_cls)
+    fields = {f.name: f for f in dataclasses.fields(options_cls)}
+    unknown = [k for k in raw if k not in fields]
+    if unknown:
+        valid = ", ".join(sorted(fields)) or "none (it takes no options)"
+        raise UsageError(f"{owner}: unknown option '{unknown[0]}'; valid options: {valid}")
+    values = {k: parse_value(hints[k], v, f"{owner} option '{k}'") for k, v in raw.items()}
+    missing = [n for n, f in fields.items() if n not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise UsageError(f"{owner}: option '{missing[0]}' is required")
+    try:
+        return options_cls(**values)
+    except (ValueError, TypeError) as exc:  # __post_init__ validation of the options class
+        raise UsageError(f"{owner}: {exc}") from exc
+
+
+def options_as_dict(options: Any) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(options):
+        v = getattr(options, f.name)
+        out[f.name] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+__all__ = ["NoOptions", "OptionInfo", "build_options", "option_infos", "options_as_dict", "parse_value", "type_text"]

@@ -1,0 +1,47 @@
+"""Make an ONNX Runtime session from an in-memory model, big or small."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from converter.model_io import PROTOBUF_LIMIT, write_model
+
+
+def session_options(threads: int = 0, opt_level: str = "all", log_severity: int = 3) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.log_severity_level = log_severity
+    so.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[opt_level]
+    return so
+
+
+def make_session(
+    model: onnx.ModelProto,
+    *,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    options: ort.SessionOptions | None = None,
+) -> ort.InferenceSession:
+    """A session on ``model``; models past protobuf's 2 GiB go through a temporary file with external data."""
+    so = options or session_options()
+    if model.ByteSize() < PROTOBUF_LIMIT:
+        return ort.InferenceSession(model.SerializeToString(), sess_options=so, providers=list(providers))
+    with tempfile.TemporaryDirectory(prefix="converter-ort-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        write_model(model, path, external_data=True)
+        return ort.InferenceSession(str(path), sess_options=so, providers=list(providers))
+
+
+def run_session(sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, feeds)))

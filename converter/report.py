@@ -1,0 +1,65 @@
+"""Per-pass records and the pipeline report, as a table or JSON."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from converter.compare import Comparison
+
+
+@dataclass
+class PassRecord:
+    name: str
+    options: dict[str, Any]
+    seconds: float
+    nodes_before: int
+    nodes_after: int
+    op_delta: dict[str, int]
+    modified: bool
+    facts: dict[str, Any] = field(default_factory=dict)
+    refused: list[str] = field(default_factory=list)
+    verify: Comparison | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "options": self.options,
+            "seconds": round(self.seconds, 6),
+            "nodes_before": self.nodes_before,
+            "nodes_after": self.nodes_after,
+            "op_delta": self.op_delta,
+            "modified": self.modified,
+            "facts": self.facts,
+            "refused": self.refused,
+            "verify": None if self.verify is None else self.verify.to_json(),
+        }
+
+
+@dataclass
+class PipelineReport:
+    records: list[PassRecord] = field(default_factory=list)
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [r.to_json() for r in self.records]
+
+    def table(self) -> str:
+        if not self.records:
+            return "(no passes)"
+        head = ["pass", "time", "nodes", "changed", "op delta", "verify"]
+        rows = []
+        for r in self.records:
+            delta = " ".join(f"{k}{v:+d}" for k, v in r.op_delta.items()) or "-"
+            if len(delta) > 60:
+                delta = delta[:57] + "..."
+            verify = "-" if r.verify is None else ("ok" if r.verify else "DRIFT")
+            if r.verify is not None:
+                verify += f" (cos {min(o.cosine for o in r.verify.outputs):.6f})" if r.verify.outputs else ""
+            rows.append([r.name, f"{r.seconds * 1000:.1f} ms", f"{r.nodes_before}->{r.nodes_after}", "yes" if r.modified else "no", delta, verify])
+        widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+        lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+        for r in self.records:
+            for why in r.refused:
+                lines.append(f"  {r.name}: left alone: {why}")
+        return "\n".join(lines)

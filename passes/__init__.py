@@ -1,0 +1,15 @@
+"""Built-in passes, registered through the same hook third-party plugins use."""
+
+from __future__ import annotations
+
+from converter.hookspecs import hookimpl
+from converter.registry import PassRegistry
+
+
+@hookimpl
+def converter_register_passes(registry: PassRegistry) -> None:
+    from converter.passes.cleanup import CleanupPass
+    from converter.passes.infer_shapes import InferShapesPass
+
+    registry.add(InferShapesPass)
+    registry.add(CleanupPass)

@@ -1,0 +1,97 @@
+"""The ONNX Runtime backend: an .onnx with ORT's graph optimizations applied, run on ORT."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import onnx
+
+from converter.artifacts import OrtRunner, base_manifest
+from converter.backend_api import Artifact, Availability, Backend, EmitContext, Runner
+from converter.errors import BackendError, BackendUnavailable
+from converter.hookspecs import hookimpl
+from converter.model_io import PROTOBUF_LIMIT
+from converter.ort_session import make_session, session_options
+from converter.registry import BackendRegistry
+
+
+@dataclass(frozen=True)
+class OrtOptions:
+    providers: tuple[str, ...] = field(default=("CPUExecutionProvider",), metadata={"help": "execution providers in priority order, e.g. [CUDAExecutionProvider,CPUExecutionProvider]"})
+    opt_level: Literal["disable", "basic", "extended", "all"] = field(
+        default="extended",
+        metadata={"help": "graph optimizations baked into the artifact; 'all' adds layout changes tied to this CPU's instruction set"},
+    )
+    threads: int = field(default=0, metadata={"help": "intra-op threads of the runner (0: ORT decides)"})
+
+    def __post_init__(self) -> None:
+        if self.threads < 0:
+            raise ValueError("threads must be >= 0")
+        if not self.providers:
+            raise ValueError("providers must name at least one execution provider")
+
+
+class OrtBackend(Backend[OrtOptions]):
+    name = "ort"
+    summary = "ONNX Runtime: saves the graph with ORT's optimizations applied; runs on ORT."
+    Options = OrtOptions
+
+    @classmethod
+    def availability(cls) -> Availability:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:  # pragma: no cover - onnxruntime is a core dependency
+            return Availability(False, f"onnxruntime cannot be imported: {exc}")
+        return Availability(True, "", {"onnxruntime": ort.__version__, "providers": ",".join(ort.get_available_providers())})
+
+    def preflight(self) -> None:
+        import onnxruntime as ort
+
+        have = ort.get_available_providers()
+        missing = [p for p in self.options.providers if p not in have]
+        if missing:
+            raise BackendUnavailable(
+                f"execution provider {missing[0]} is not in this onnxruntime build (available: {', '.join(have)}); install onnxruntime-gpu for CUDA/TensorRT providers"
+            )
+
+    def emit(self, model: onnx.ModelProto, ctx: EmitContext) -> Artifact:
+        import onnxruntime as ort
+
+        self.preflight()
+        out = ctx.staging / ctx.file_name
+        so = session_options(self.options.threads, self.options.opt_level)
+        so.optimized_model_filepath = str(out)
+        if model.ByteSize() >= PROTOBUF_LIMIT:
+            so.add_session_config_entry("session.optimized_model_external_initializers_file_name", ctx.file_name + ".data")
+            so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+        try:
+            make_session(model, providers=self.options.providers, options=so)
+        except Exception as exc:
+            raise BackendError(f"ONNX Runtime cannot build a session for the model: {' '.join(str(exc).split())[:300]}") from exc
+        files = sorted(p for p in ctx.staging.iterdir() if p.name.startswith(ctx.file_name))
+        runner = OrtRunner(out, self.options.providers, self.options.threads)
+        manifest = base_manifest(
+            self.name,
+            files,
+            runner,
+            source_sha256=ctx.source_sha256,
+            pipeline=ctx.pipeline,
+            extra={
+                "onnxruntime_version": ort.__version__,
+                "providers": list(self.options.providers),
+                "opt_level": self.options.opt_level,
+                "threads": self.options.threads,
+                "portable": self.options.opt_level in ("disable", "basic", "extended"),
+            },
+        )
+        return Artifact(self.name, out, manifest, files)
+
+    def load(self, artifact: Artifact) -> Runner:
+        providers = artifact.manifest.get("providers") or list(self.options.providers)
+        return OrtRunner(artifact.path, providers, int(artifact.manifest.get("threads", self.options.threads)))
+
+
+@hookimpl
+def converter_register_backends(registry: BackendRegistry) -> None:
+    registry.add(OrtBackend)
