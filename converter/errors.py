@@ -33,8 +33,10 @@ class ModelError(ConverterError):
 class PassError(ConverterError):
     """A pass failed or refused the model; names the pass and those that ran before it."""
 
-    def __init__(self, pass_name: str, message: str, ran_before: Sequence[str] = ()) -> None:
+    def __init__(self, pass_name: str, message: str, ran_before: Sequence[str] = (), *, internal: bool = False) -> None:
         self.pass_name = pass_name
+        if internal:
+            self.exit_code = EXIT_INTERNAL
         self.message = message
         self.ran_before = list(ran_before)
         before = ", ".join(self.ran_before) if self.ran_before else "none"
@@ -69,3 +71,19 @@ class VerifyDrift(CheckFailed):
     def __init__(self, message: str, report: object) -> None:
         super().__init__(message)
         self.report = report
+
+
+class PassFailed(ConverterError):
+    """Raised by a pass that refuses the model; the pass manager adds the pass name and history."""
+
+
+def describe_exception(exc: BaseException, limit: int = 300) -> str:
+    """One line about an exception from a library: its message, or where it was raised when it has none."""
+    text = " ".join(str(exc).split())
+    if not text:
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = f" at {tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno} ({tb.tb_frame.f_code.co_name})" if tb else ""
+        text = f"{type(exc).__name__}{where}"
+    return text[:limit]

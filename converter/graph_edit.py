@@ -70,7 +70,6 @@ def topological_sort(graph: onnx.GraphProto) -> bool:
         for name in node_inputs(n):
             if name in producer:  # others: graph inputs, initializers, outer scope (the checker reports missing ones)
                 d.add(producer[name])
-        d.discard(idx)
         deps.append(d)
         for p in d:
             consumers[p].append(idx)

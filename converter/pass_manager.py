@@ -17,7 +17,7 @@ from pathlib import Path
 import onnx
 
 from converter.compare import DEFAULT_TOLERANCES, Tolerance, compare
-from converter.errors import ConverterError, ModelError, PassError, VerifyDrift
+from converter.errors import ConverterError, ModelError, PassError, VerifyDrift, describe_exception
 from converter.feeds import Feeds
 from converter.graph_info import histogram_delta, node_count, op_histogram
 from converter.model_io import PROTOBUF_LIMIT, write_model
@@ -54,7 +54,7 @@ def check_model(model: onnx.ModelProto) -> None:
 
 
 def _check_error_text(exc: Exception) -> str:
-    return " ".join(str(exc).split())[:400]
+    return describe_exception(exc, 400)
 
 
 def check_input_model(model: onnx.ModelProto, name: str) -> None:
@@ -101,12 +101,12 @@ def run_pipeline(
         start = time.perf_counter()
         try:
             result = p.run(model, ctx)
+        except PassError:
+            raise
         except ConverterError as exc:
-            if isinstance(exc, PassError):
-                raise
             raise PassError(p.name, str(exc), ran) from exc
         except Exception as exc:
-            raise PassError(p.name, f"internal error in the pass: {type(exc).__name__}: {exc}", ran) from exc
+            raise PassError(p.name, f"internal error in the pass (a bug): {type(exc).__name__}: {describe_exception(exc)}", ran, internal=True) from exc
         seconds = time.perf_counter() - start
         model = result.model
         if check:

@@ -15,6 +15,7 @@ from typing import Literal
 
 import onnx
 
+from converter.errors import PassFailed, describe_exception
 from converter.model_io import PROTOBUF_LIMIT, write_model
 from converter.pass_api import Pass, PassContext, PassResult
 
@@ -74,9 +75,10 @@ class InferShapesPass(Pass[InferShapesOptions]):
         try:
             inferred = _onnx_infer(work, opts.data_prop) if opts.engine == "onnx" else _symbolic_infer(work, opts.auto_merge)
         except Exception as exc:
-            message = f"{opts.engine} shape inference failed: {' '.join(str(exc).split())[:300]}"
+            hint = "; try infer_shapes{engine=onnx}" if opts.engine == "symbolic" else "; try infer_shapes{engine=symbolic}"
+            message = f"{opts.engine} shape inference failed: {describe_exception(exc)}{hint}"
             if opts.strict:
-                raise RuntimeError(message) from exc
+                raise PassFailed(message) from exc
             ctx.log.warning(message)
             return PassResult(model, False, facts={"error": message}, refused=[message + " (strict=false: model left unchanged)"])
         unknown = _unknown_shapes(inferred)

@@ -1,0 +1,87 @@
+"""A third-party plugin: the ``strip_docs`` pass and the ``reference`` backend (onnx.reference)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx.reference import ReferenceEvaluator
+
+from converter.backend_api import Artifact, Availability, Backend, EmitContext, Runner, TensorSpec
+from converter.graph_info import graph_inputs, graph_outputs, iter_graphs
+from converter.hookspecs import hookimpl
+from converter.model_io import write_model
+from converter.options import NoOptions
+from converter.pass_api import Pass, PassContext, PassResult
+
+
+@dataclass(frozen=True)
+class StripDocsOptions:
+    metadata: bool = field(default=False, metadata={"help": "also drop metadata_props"})
+
+
+class StripDocsPass(Pass[StripDocsOptions]):
+    name = "strip_docs"
+    summary = "Remove doc strings (and optionally metadata) from the model."
+    Options = StripDocsOptions
+
+    def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+        removed = 0
+        if model.doc_string:
+            model.doc_string = ""
+            removed += 1
+        for g in iter_graphs(model.graph):
+            if g.doc_string:
+                g.doc_string = ""
+                removed += 1
+            for n in g.node:
+                if n.doc_string:
+                    n.doc_string = ""
+                    removed += 1
+        if self.options.metadata and len(model.metadata_props):
+            removed += len(model.metadata_props)
+            del model.metadata_props[:]
+        return PassResult(model, removed > 0, facts={"doc_strings_removed": removed})
+
+
+class ReferenceRunner(Runner):
+    def __init__(self, path: Path) -> None:
+        model = onnx.load(str(path))
+        self.evaluator = ReferenceEvaluator(model)
+        self.inputs: list[TensorSpec] = graph_inputs(model)
+        self.outputs: list[TensorSpec] = graph_outputs(model)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = self.evaluator.run(None, feeds)
+        return {o.name: np.asarray(r) for o, r in zip(self.outputs, results)}
+
+
+class ReferenceBackend(Backend[NoOptions]):
+    name = "reference"
+    summary = "The model as is, run by onnx's pure-Python reference evaluator (slow, exact semantics)."
+    Options = NoOptions
+
+    @classmethod
+    def availability(cls) -> Availability:
+        return Availability(True, "", {"onnx": onnx.__version__})
+
+    def emit(self, model: onnx.ModelProto, ctx: EmitContext) -> Artifact:
+        out = ctx.staging / ctx.file_name
+        files = write_model(model, out)
+        manifest = {"backend": self.name, "onnx_version": onnx.__version__, "source_model_sha256": ctx.source_sha256, "pipeline": ctx.pipeline}
+        return Artifact(self.name, out, manifest, files)
+
+    def load(self, artifact: Artifact) -> Runner:
+        return ReferenceRunner(artifact.path)
+
+
+@hookimpl
+def converter_register_passes(registry) -> None:  # type: ignore[no-untyped-def]
+    registry.add(StripDocsPass)
+
+
+@hookimpl
+def converter_register_backends(registry) -> None:  # type: ignore[no-untyped-def]
+    registry.add(ReferenceBackend)
