@@ -88,6 +88,8 @@ class EmitContext:
     log: logging.Logger
     source_sha256: str = ""
     pipeline: str = ""
+    external_data: bool = False
+    """The source kept its weights in external files: keep them external in the artifact too."""
 
 
 class Runner(ABC):

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from converter import __version__
-from converter.errors import EXIT_CHECK_FAILED, EXIT_INTERNAL, EXIT_OK, ConverterError, UsageError, VerifyDrift
+from converter.errors import EXIT_INTERNAL, EXIT_OK, ConverterError, UsageError, VerifyDrift
 
 SUBCOMMANDS = ("passes", "backends", "plugins", "inspect", "golden")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,7 +100,7 @@ def convert(req: ConvertRequest, plugins: Plugins) -> ConvertOutcome:
     outcome = ConvertOutcome(loaded, report, None)
     pipeline_text = ",".join(format_step(s) for s in steps)
     with atomic_outputs(out.parent) as staging:
-        ctx = EmitContext(staging=staging, file_name=out.name, log=logging.getLogger(f"converter.backend.{backend.name}"), source_sha256=loaded.sha256, pipeline=pipeline_text)
+        ctx = EmitContext(staging=staging, file_name=out.name, log=logging.getLogger(f"converter.backend.{backend.name}"), source_sha256=loaded.sha256, pipeline=pipeline_text, external_data=loaded.has_external_data)
         artifact = backend.emit(model, ctx)
         artifact.write_manifest()
         for f in artifact.files:
@@ -137,11 +136,3 @@ class GoldenFailed(CheckFailed):
         kept = "kept at " + str(outcome.written[-1]) if outcome.written else "not written (pass --keep-failed to keep it)"
         super().__init__(f"golden check failed for case '{g.case}' at {g.precision}: {', '.join(failed)}; artifact {kept}")
         self.outcome = outcome
-
-
-def remove_files(paths: list[Path]) -> None:
-    for p in paths:
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)

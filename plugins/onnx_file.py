@@ -27,7 +27,7 @@ class OnnxFileBackend(Backend[NoOptions]):
 
     def emit(self, model: onnx.ModelProto, ctx: EmitContext) -> Artifact:
         out = ctx.staging / ctx.file_name
-        files = write_model(model, out)
+        files = write_model(model, out, external_data=ctx.external_data or None)
         runner = OrtRunner(out)
         manifest = base_manifest(self.name, files, runner, source_sha256=ctx.source_sha256, pipeline=ctx.pipeline, extra={"onnx_version": onnx.__version__})
         return Artifact(self.name, out, manifest, files)

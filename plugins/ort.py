@@ -62,7 +62,7 @@ class OrtBackend(Backend[OrtOptions]):
         out = ctx.staging / ctx.file_name
         so = session_options(self.options.threads, self.options.opt_level)
         so.optimized_model_filepath = str(out)
-        if model.ByteSize() >= PROTOBUF_LIMIT:
+        if ctx.external_data or model.ByteSize() >= PROTOBUF_LIMIT:
             so.add_session_config_entry("session.optimized_model_external_initializers_file_name", ctx.file_name + ".data")
             so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         try:

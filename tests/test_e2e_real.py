@@ -93,3 +93,22 @@ def test_console_script_is_installed(tiny_path: Path, tmp_path: Path) -> None:
     res = subprocess.run([str(exe), str(tiny_path), "-p", "cleanup", "-o", str(tmp_path / "o.onnx"), "--json"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["passes"][0]["facts"]["identities_removed"] == 2
+
+
+def test_external_data_model_keeps_weights_external(cli: Cli, rapid_model: Path, tmp_path: Path) -> None:
+    src_dir = tmp_path / "src"
+    src_dir.mkdir()
+    src = src_dir / "rapid.onnx"
+    onnx.save_model(onnx.load(str(rapid_model)), str(src), save_as_external_data=True, location="rapid.weights", size_threshold=1024)
+    before = {p.name: p.read_bytes() for p in src_dir.iterdir()}
+    g = tmp_path / "g"
+    assert cli("golden", "record", src, "--random-inputs", "--input-shapes", "x:2x3x224x224", "-o", g).returncode == 0
+    for backend in ("ort", "onnx"):
+        out_dir = tmp_path / backend
+        res = cli(src, "-p", "cleanup", "-b", backend, "-o", out_dir / "m.onnx", "--golden", g)
+        assert res.returncode == 0, res.stderr
+        names = sorted(p.name for p in out_dir.iterdir())
+        assert names == ["m.onnx", "m.onnx.data", "m.onnx.manifest.json"], names
+        assert (out_dir / "m.onnx").stat().st_size < 1_000_000 < (out_dir / "m.onnx.data").stat().st_size
+        assert cli("golden", "check", out_dir / "m.onnx", g).returncode == 0
+    assert {p.name: p.read_bytes() for p in src_dir.iterdir()} == before
