@@ -51,6 +51,24 @@ class TensorSpec:
         return cls(d["name"], d["dtype"], tuple(d["shape"]))
 
 
+@dataclass(frozen=True)
+class Finding:
+    """One lint finding: what a backend will reject or run slowly, and where."""
+
+    rule: str
+    severity: str
+    """"error" (the backend will reject the model) or "warning" (it will run, slower or with a cast)."""
+    node: str
+    """The node (or tensor / "model") the finding is about."""
+    message: str
+
+    def line(self) -> str:
+        return f"{self.severity}: {self.rule}: {self.node}: {self.message}"
+
+    def to_json(self) -> dict[str, str]:
+        return {"rule": self.rule, "severity": self.severity, "node": self.node, "message": self.message}
+
+
 @dataclass
 class Artifact:
     """Files a backend emitted: the main file, its manifest, and the rest."""
@@ -119,6 +137,11 @@ class Backend(ABC, Generic[OptionsT]):
     @abstractmethod
     def availability(cls) -> Availability:
         """Ok, or the reason this backend cannot run here. Must not raise."""
+
+    @classmethod
+    def lint(cls, model: onnx.ModelProto) -> list[Finding]:
+        """Pure-ONNX checks of what this backend will reject or run slowly; needs no device."""
+        return []
 
     def preflight(self) -> None:
         """Check the options against this machine before any work starts (raise BackendUnavailable)."""
