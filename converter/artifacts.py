@@ -52,7 +52,8 @@ class OrtRunner(Runner):
             raise BackendError(f"ONNX Runtime failed to run the artifact: {' '.join(str(exc).split())[:300]}") from exc
 
 
-def base_manifest(backend: str, files: Sequence[Path], runner: Runner, *, source_sha256: str, pipeline: str, extra: dict[str, Any]) -> dict[str, Any]:
+def base_manifest_fields(backend: str, files: Sequence[Path], *, source_sha256: str, pipeline: str) -> dict[str, Any]:
+    """What every artifact manifest records: backend, versions, provenance, hash."""
     return {
         "backend": backend,
         "converter_version": __version__,
@@ -60,6 +61,12 @@ def base_manifest(backend: str, files: Sequence[Path], runner: Runner, *, source
         "source_model_sha256": source_sha256,
         "pipeline": pipeline,
         "artifact_sha256": sha256_of_files(files),
+    }
+
+
+def base_manifest(backend: str, files: Sequence[Path], runner: Runner, *, source_sha256: str, pipeline: str, extra: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **base_manifest_fields(backend, files, source_sha256=source_sha256, pipeline=pipeline),
         "inputs": [s.to_json() for s in runner.inputs],
         "outputs": [s.to_json() for s in runner.outputs],
         **extra,

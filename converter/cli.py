@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from converter import __version__
-from converter.errors import EXIT_INTERNAL, EXIT_OK, ConverterError, UsageError, VerifyDrift
+from converter.errors import EXIT_CHECK_FAILED, EXIT_INTERNAL, EXIT_OK, ConverterError, UsageError, VerifyDrift
 
-SUBCOMMANDS = ("passes", "backends", "plugins", "inspect", "golden")
+SUBCOMMANDS = ("passes", "backends", "plugins", "inspect", "golden", "check")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -60,6 +60,11 @@ def convert_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shapes", metavar="SHAPES", help="concrete shapes for symbolic dims, e.g. 'x:1x3x224x224'")
     p.add_argument("--seed", type=int, default=0, help="seed for generated sample inputs (default 0)")
     p.add_argument("--no-check", dest="check", action="store_false", help="skip the ONNX checker on the input and after each pass")
+    shapes = p.add_argument_group("shapes for engine backends (trtexec style; become backend options)")
+    shapes.add_argument("--min-shapes", metavar="SHAPES", help="e.g. 'x:1x3x224x224,mask:1x128'; ';' separates profiles")
+    shapes.add_argument("--opt-shapes", metavar="SHAPES")
+    shapes.add_argument("--max-shapes", metavar="SHAPES")
+    shapes.add_argument("--batch", metavar="MIN..OPT..MAX", help="profile for a model whose only dynamic dim is the batch, e.g. 1..8..32")
     p.add_argument("--version", action="version", version=f"converter {__version__}")
     _common(p)
     return p
@@ -70,6 +75,11 @@ def sub_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, text in (("passes", "list passes and their options"), ("backends", "list backends and whether they are available"), ("plugins", "list passes, backends and plugins")):
         _common(sub.add_parser(name, help=text, description=text))
+    chk_be = sub.add_parser("check", help="lint a model for a backend (no device needed)", description="Report what the backend will reject or run slowly. Exit 0 when clean, 1 with findings.")
+    chk_be.add_argument("model", type=Path)
+    chk_be.add_argument("-b", "--backend", default="tensorrt")
+    chk_be.add_argument("--ignore-warnings", action="store_true", help="exit 0 when there are only warnings")
+    _common(chk_be)
     ins = sub.add_parser("inspect", help="summarize a model", description="Opset, inputs/outputs with symbolic dims, op histogram, size.")
     ins.add_argument("model", type=Path)
     _common(ins)
@@ -105,7 +115,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from converter.plugin_manager import load_plugins
 
     req = ConvertRequest(
-        model=args.model, pipeline=args.passes, backend=args.backend, output=args.output, golden=args.golden,
+        model=args.model, pipeline=args.passes, backend=_backend_text(args), output=args.output, golden=args.golden,
         precision=args.precision, verify=args.verify, inputs=args.inputs, input_shapes=args.input_shapes,
         check=args.check, keep_failed=args.keep_failed, seed=args.seed,
     )
@@ -132,6 +142,39 @@ def cmd_convert(args: argparse.Namespace) -> int:
     assert outcome.artifact is not None
     print(f"wrote {', '.join(str(p) for p in outcome.written)}")
     return EXIT_OK
+
+
+def _backend_text(args: argparse.Namespace) -> str:
+    """Fold --min-shapes/--opt-shapes/--max-shapes/--batch into the backend's options."""
+    from converter.pipeline_text import format_step, parse_step
+
+    extra = {k: getattr(args, k) for k in ("min_shapes", "opt_shapes", "max_shapes", "batch") if getattr(args, k) is not None}
+    if not extra:
+        return str(args.backend)
+    step = parse_step(args.backend)
+    for key, value in extra.items():
+        if key in step.options:
+            raise UsageError(f"--{key.replace('_', '-')} is given twice (also in -b {args.backend})")
+        step.options[key] = value
+    return format_step(step)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from converter.model_io import load_model
+    from converter.pipeline_text import parse_step
+    from converter.plugin_manager import load_plugins
+
+    cls = load_plugins().backends.get(parse_step(args.backend).name).cls
+    findings = cls.lint(load_model(args.model).proto)
+    if args.json:
+        _emit_json({"backend": cls.name, "findings": [f.to_json() for f in findings]})
+    else:
+        for f in findings:
+            print(f.line())
+        errors = sum(f.severity == "error" for f in findings)
+        print(f"{args.model}: {errors} error(s), {len(findings) - errors} warning(s) for backend '{cls.name}'" if findings else f"{args.model}: clean for backend '{cls.name}'")
+    blocking = [f for f in findings if f.severity == "error" or not args.ignore_warnings]
+    return EXIT_CHECK_FAILED if blocking else EXIT_OK
 
 
 def _option_rows(cls: type) -> list[dict[str, Any]]:
@@ -258,6 +301,8 @@ def _dispatch(argv: Sequence[str]) -> tuple[argparse.Namespace, Any]:
         args = sub_parser().parse_args(argv)
         if args.command == "inspect":
             return args, cmd_inspect
+        if args.command == "check":
+            return args, cmd_check
         if args.command == "golden":
             return args, cmd_golden_record if args.golden_command == "record" else cmd_golden_check
         return args, cmd_list

@@ -89,4 +89,8 @@ def parse_pipeline(text: str | None) -> list[Step]:
 def format_step(step: Step) -> str:
     if not step.options:
         return step.name
-    return step.name + "{" + ",".join(f"{k}={v}" for k, v in step.options.items()) + "}"
+    return step.name + "{" + ",".join(f"{k}={_quote(v)}" for k, v in step.options.items()) + "}"
+
+
+def _quote(value: str) -> str:
+    return f'"{value}"' if any(c in value for c in ",{}") and not (value.startswith("[") and value.endswith("]")) else value
