@@ -32,12 +32,12 @@ def ort_specs(args: Sequence[Any]) -> list[TensorSpec]:
 class OrtRunner(Runner):
     """Runs an .onnx file on ONNX Runtime."""
 
-    def __init__(self, path: Path, providers: Sequence[str] = ("CPUExecutionProvider",), threads: int = 0) -> None:
+    def __init__(self, path: Path, providers: Sequence[str] = ("CPUExecutionProvider",), threads: int = 0, provider_options: Sequence[dict[str, str]] | None = None) -> None:
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=so, providers=list(providers))
+            self.session = ort.InferenceSession(str(path), sess_options=so, providers=list(providers), provider_options=list(provider_options) if provider_options else None)
         except Exception as exc:
             raise BackendError(f"ONNX Runtime cannot load {path}: {' '.join(str(exc).split())[:300]}") from exc
         self.inputs = ort_specs(self.session.get_inputs())

@@ -31,15 +31,16 @@ def make_session(
     *,
     providers: Sequence[str] = ("CPUExecutionProvider",),
     options: ort.SessionOptions | None = None,
+    provider_options: Sequence[dict[str, str]] | None = None,
 ) -> ort.InferenceSession:
     """A session on ``model``; models past protobuf's 2 GiB go through a temporary file with external data."""
     so = options or session_options()
     if model.ByteSize() < PROTOBUF_LIMIT:
-        return ort.InferenceSession(model.SerializeToString(), sess_options=so, providers=list(providers))
+        return ort.InferenceSession(model.SerializeToString(), sess_options=so, providers=list(providers), provider_options=list(provider_options) if provider_options else None)
     with tempfile.TemporaryDirectory(prefix="converter-ort-") as tmp:
         path = Path(tmp) / "model.onnx"
         write_model(model, path, external_data=True)
-        return ort.InferenceSession(str(path), sess_options=so, providers=list(providers))
+        return ort.InferenceSession(str(path), sess_options=so, providers=list(providers), provider_options=list(provider_options) if provider_options else None)
 
 
 def run_session(sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -24,12 +24,31 @@ class OrtOptions:
         metadata={"help": "graph optimizations baked into the artifact; 'all' adds layout changes tied to this CPU's instruction set"},
     )
     threads: int = field(default=0, metadata={"help": "intra-op threads of the runner (0: ORT decides)"})
+    provider_options: str | None = field(
+        default=None,
+        metadata={"help": "passed to the providers: 'Provider.key=value;...', e.g. TensorrtExecutionProvider.trt_fp16_enable=1;CUDAExecutionProvider.device_id=0"},
+    )
 
     def __post_init__(self) -> None:
         if self.threads < 0:
             raise ValueError("threads must be >= 0")
         if not self.providers:
             raise ValueError("providers must name at least one execution provider")
+        parse_provider_options(self.providers, self.provider_options)  # validates
+
+
+def parse_provider_options(providers: tuple[str, ...], text: str | None) -> list[dict[str, str]]:
+    """'TensorrtExecutionProvider.trt_fp16_enable=1;CUDAExecutionProvider.device_id=0' → one dict per provider."""
+    per: dict[str, dict[str, str]] = {p: {} for p in providers}
+    for item in filter(None, (i.strip() for i in (text or "").split(";"))):
+        key, sep, value = item.partition("=")
+        provider, dot, option = key.partition(".")
+        if not sep or not dot or not option:
+            raise ValueError(f"provider option '{item}' must be Provider.key=value")
+        if provider not in per:
+            raise ValueError(f"provider option '{item}' is for {provider}, which is not in providers ({', '.join(providers)})")
+        per[provider][option.strip()] = value.strip()
+    return [per[p] for p in providers]
 
 
 class OrtBackend(Backend[OrtOptions]):
@@ -66,11 +85,11 @@ class OrtBackend(Backend[OrtOptions]):
             so.add_session_config_entry("session.optimized_model_external_initializers_file_name", ctx.file_name + ".data")
             so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         try:
-            make_session(model, providers=self.options.providers, options=so)
+            make_session(model, providers=self.options.providers, options=so, provider_options=self._provider_options())
         except Exception as exc:
             raise BackendError(f"ONNX Runtime cannot build a session for the model: {' '.join(str(exc).split())[:300]}") from exc
         files = sorted(p for p in ctx.staging.iterdir() if p.name.startswith(ctx.file_name))
-        runner = OrtRunner(out, self.options.providers, self.options.threads)
+        runner = OrtRunner(out, self.options.providers, self.options.threads, self._provider_options())
         manifest = base_manifest(
             self.name,
             files,
@@ -80,6 +99,7 @@ class OrtBackend(Backend[OrtOptions]):
             extra={
                 "onnxruntime_version": ort.__version__,
                 "providers": list(self.options.providers),
+                "provider_options": self._provider_options(),
                 "opt_level": self.options.opt_level,
                 "threads": self.options.threads,
                 "portable": self.options.opt_level in ("disable", "basic", "extended"),
@@ -89,7 +109,11 @@ class OrtBackend(Backend[OrtOptions]):
 
     def load(self, artifact: Artifact) -> Runner:
         providers = artifact.manifest.get("providers") or list(self.options.providers)
-        return OrtRunner(artifact.path, providers, int(artifact.manifest.get("threads", self.options.threads)))
+        provider_options = artifact.manifest.get("provider_options") or [{} for _ in providers]
+        return OrtRunner(artifact.path, providers, int(artifact.manifest.get("threads", self.options.threads)), provider_options)
+
+    def _provider_options(self) -> list[dict[str, str]]:
+        return parse_provider_options(self.options.providers, self.options.provider_options)
 
 
 @hookimpl
