@@ -138,8 +138,7 @@ class Backend(ABC, Generic[OptionsT]):
     def availability(cls) -> Availability:
         """Ok, or the reason this backend cannot run here. Must not raise."""
 
-    @classmethod
-    def lint(cls, model: onnx.ModelProto) -> list[Finding]:
+    def lint(self, model: onnx.ModelProto) -> list[Finding]:
         """Pure-ONNX checks of what this backend will reject or run slowly; needs no device."""
         return []
 

@@ -161,11 +161,14 @@ def _backend_text(args: argparse.Namespace) -> str:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from converter.model_io import load_model
+    from converter.options import build_options
     from converter.pipeline_text import parse_step
     from converter.plugin_manager import load_plugins
 
-    cls = load_plugins().backends.get(parse_step(args.backend).name).cls
-    findings = cls.lint(load_model(args.model).proto)
+    step = parse_step(args.backend)
+    cls = load_plugins().backends.get(step.name).cls
+    backend = cls(build_options(cls.Options, step.options, f"backend '{step.name}'"))
+    findings = backend.lint(load_model(args.model).proto)
     if args.json:
         _emit_json({"backend": cls.name, "findings": [f.to_json() for f in findings]})
     else:

@@ -38,12 +38,17 @@ class TensorRTOptions:
     timing_cache: str | None = field(default=None, metadata={"help": "timing cache file to load and update (one from another version or GPU is ignored with a warning)"})
     strongly_typed: bool = field(default=True, metadata={"help": "TensorRT 10: strongly typed network (precision from the graph); TensorRT 11 always is"})
     device: int = field(default=0, metadata={"help": "CUDA device index"})
+    target_version: str | None = field(default=None, metadata={"help": "'convert check': lint for this TensorRT version, e.g. 10.8 (default: the installed one, else the newest documented)"})
 
     def __post_init__(self) -> None:
         if self.opt_level is not None and not 0 <= self.opt_level <= 5:
             raise ValueError("opt_level must be between 0 and 5")
         if self.workspace_mib is not None and self.workspace_mib <= 0:
             raise ValueError("workspace_mib must be positive")
+        if self.target_version is not None:
+            from converter.plugins.tensorrt_lint import parse_trt_version
+
+            parse_trt_version(self.target_version)  # ValueError names the bad text
 
 
 def _cuda_device_count() -> tuple[int, str]:
@@ -118,11 +123,14 @@ class TensorRTBackend(Backend[TensorRTOptions]):
             return Availability(False, f"no CUDA device ({why})" if why else "no CUDA device", {"tensorrt": version})
         return Availability(True, "", {"tensorrt": version, "cuda_devices": str(count)})
 
-    @classmethod
-    def lint(cls, model: onnx.ModelProto) -> list[Finding]:
+    def lint(self, model: onnx.ModelProto) -> list[Finding]:
         from converter.plugins.tensorrt_lint import lint
 
-        return lint(model)
+        version = self.options.target_version
+        if version is None:
+            trt, _ = _import_tensorrt()
+            version = None if trt is None else str(trt.__version__)
+        return lint(model, trt_version=version)
 
     def profiles(self, model: onnx.ModelProto) -> list[Profile]:
         o = self.options

@@ -147,3 +147,30 @@ def test_onnx_roundtrip_model_has_profiles() -> None:
     g (float[N, 3, 8, 8] x) => (float[N, 3, 8, 8] y) { y = Relu(x) }""")
     (p,) = trt_plugin.TensorRTBackend(trt_plugin.TensorRTOptions()).profiles(m)
     assert p["x"].max == (32, 3, 8, 8)
+
+
+QDQ_NONZERO = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[N, 4] x) => (float[N, 4] y) <float s = {0.1}, int8 zp = {3}> {
+    q = QuantizeLinear <axis = 1> (x, s, zp)
+    y = DequantizeLinear <axis = 1> (q, s, zp)
+}
+"""
+
+
+def test_convert_check_lints_without_a_gpu(cli, tiny_path: Path, tmp_path: Path, rapid_model: Path) -> None:  # type: ignore[no-untyped-def]
+    m = onnx.parser.parse_model(QDQ_NONZERO)
+    m.graph.node[0].name = "quant_x"
+    bad = tmp_path / "qdq.onnx"
+    onnx.save_model(m, str(bad))
+    res = cli("check", bad, "-b", "tensorrt")
+    assert res.returncode == 1, res.stderr
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("error: zero-point")]
+    assert lines and "quant_x" in lines[0]
+    clean = cli("check", rapid_model, "-b", "tensorrt")
+    assert clean.returncode == 0 and "clean for backend 'tensorrt'" in clean.stdout, clean.stdout
+    old = cli("check", rapid_model, "-b", "tensorrt{target_version=8.6}", "--json")
+    data = __import__("json").loads(old.stdout)
+    assert old.returncode == 1 and {f["rule"] for f in data["findings"]} >= {"int64"}
+    badver = cli("check", rapid_model, "-b", "tensorrt{target_version=ten}")
+    assert badver.returncode == 2 and "not a TensorRT version" in badver.stderr

@@ -1,0 +1,186 @@
+"""Proof that a dynamic-batch model equals its batch-1 original: batch N == N stacked batch-1 runs.
+
+The original (static batch) model runs on N seeded samples, one at a time; the
+dynamic model runs once on the samples stacked along the batch dim; the outputs
+must equal the batch-1 outputs stacked the same way.
+
+Batch dims are read from the dynamic model: an input or output dim that is
+symbolic there (``dim_param`` or unknown) is its batch dim; an input without one
+gets the same value in every sample, an output without one must equal the
+batch-1 output. Tolerance: ``|dynamic - stacked| <= 1e-5 * max|stacked|`` per
+output (``rtol=0``), cosine similarity >= 0.99999.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from converter.backend_api import TensorSpec
+from converter.compare import Comparison, Tolerance, compare
+from converter.feeds import Feeds, seeded_feeds
+from converter.graph_info import graph_inputs, graph_outputs
+from converter.ort_session import make_session, run_session
+
+BATCH_TOLERANCE = Tolerance(atol=1e-5, rtol=0.0, min_cosine=0.99999, min_top1=None)
+"""Max abs error <= 1e-5 times the output's scale (max |reference|); nothing relative per element."""
+
+
+def batch_axis(spec: TensorSpec) -> int | None:
+    """The first dim that is not a fixed size, or None when every dim is fixed."""
+    for i, d in enumerate(spec.shape):
+        if not (isinstance(d, int) and d > 0):
+            return i
+    return None
+
+
+@dataclass
+class BatchRun:
+    """One batch size: the comparison of the dynamic run with the stacked batch-1 runs, or why it did not run."""
+
+    batch: int
+    comparison: Comparison | None = None
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and self.comparison is not None and bool(self.comparison)
+
+
+@dataclass
+class BatchCheck:
+    runs: list[BatchRun]
+    tolerance: Tolerance
+    input_axes: dict[str, int | None] = field(default_factory=dict)
+    output_axes: dict[str, int | None] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.runs) and all(r.passed for r in self.runs)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self)
+
+    def failures(self) -> list[str]:
+        out = []
+        for r in self.runs:
+            if r.error is not None:
+                out.append(f"batch {r.batch}: {r.error}")
+            elif r.comparison is not None and not r.comparison:
+                for o in r.comparison.outputs:
+                    if not o.passed:
+                        out.append(f"batch {r.batch} output {o.name}: {'; '.join(o.problems)}")
+        return out
+
+    def table(self) -> str:
+        head = ["batch", "output", "axis", "shape", "max_abs", "needed_atol", "cosine", "result"]
+        rows: list[list[str]] = []
+        for r in self.runs:
+            if r.comparison is None:
+                rows.append([str(r.batch), "-", "-", "-", "-", "-", "-", f"FAIL: {r.error}"])
+                continue
+            for o in r.comparison.outputs:
+                axis = self.output_axes.get(o.name)
+                rows.append([
+                    str(r.batch), o.name, "-" if axis is None else str(axis), "x".join(map(str, o.shape)) or "scalar",
+                    f"{o.max_abs:.3g}", f"{o.needed_atol:.3g}", f"{o.cosine:.7f}",
+                    "ok" if o.passed else "FAIL: " + "; ".join(o.problems),
+                ])
+        widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
+        lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+        t = self.tolerance
+        lines.append(f"batch N vs N stacked batch-1 runs: atol={t.atol} (x output scale) rtol={t.rtol} min_cosine={t.min_cosine}: {'passed' if self else 'FAILED'}")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "tolerance": self.tolerance.to_json(),
+            "input_axes": dict(self.input_axes),
+            "output_axes": dict(self.output_axes),
+            "batches": [
+                {"batch": r.batch, "passed": r.passed, "error": r.error, "outputs": None if r.comparison is None else r.comparison.to_json()["outputs"]}
+                for r in self.runs
+            ],
+        }
+
+
+def _old_batch(specs: Sequence[TensorSpec], axes: Mapping[str, int | None], shapes: Mapping[str, tuple[int, ...]]) -> int:
+    for s in specs:
+        ax = axes.get(s.name)
+        if ax is not None:
+            shape = shapes.get(s.name, s.shape)
+            d = shape[ax] if ax < len(shape) else None
+            return d if isinstance(d, int) and d > 0 else 1
+    return 1
+
+
+def _unrunnable(check: BatchCheck, batch_sizes: Sequence[int], which: str, exc: Exception) -> BatchCheck:
+    text = f"ONNX Runtime cannot load {which}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+    check.runs.extend(BatchRun(n, error=text) for n in batch_sizes)
+    return check
+
+
+def check_batch_stacking(
+    original: onnx.ModelProto,
+    dynamic: onnx.ModelProto,
+    batch_sizes: Sequence[int] = (1, 2, 7),
+    seed: int = 0,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    tolerance: Tolerance = BATCH_TOLERANCE,
+) -> BatchCheck:
+    """Run ``dynamic`` at each batch size and compare with stacked runs of ``original`` (see the module doc).
+
+    ``input_shapes`` fixes other symbolic dims of the original's inputs (its batch stays as exported).
+    Sample ``i`` uses seed ``seed + i``, so the samples differ and the result is reproducible.
+    """
+    overrides = dict(input_shapes or {})
+    in_specs = graph_inputs(original)
+    dyn_in = {s.name: s for s in graph_inputs(dynamic)}
+    dyn_out = {s.name: s for s in graph_outputs(dynamic)}
+    in_axes = {s.name: batch_axis(dyn_in[s.name]) if s.name in dyn_in else None for s in in_specs}
+    out_axes = {n: (batch_axis(s) if s.shape else 0) for n, s in dyn_out.items()}
+    check = BatchCheck([], tolerance, in_axes, out_axes)
+    per_sample = _old_batch(in_specs, in_axes, overrides)
+    try:
+        orig_sess = make_session(original)
+    except Exception as exc:  # reported in every run of the check, not swallowed
+        return _unrunnable(check, batch_sizes, "the original model", exc)
+    try:
+        dyn_sess = make_session(dynamic)
+    except Exception as exc:  # reported in every run of the check, not swallowed
+        return _unrunnable(check, batch_sizes, "the dynamic model", exc)
+    samples: list[tuple[Feeds, dict[str, np.ndarray]]] = []
+    shared = seeded_feeds(in_specs, seed, overrides)
+    for n in batch_sizes:
+        if n % per_sample:
+            check.runs.append(BatchRun(n, error=f"batch {n} is not a multiple of the original model's batch {per_sample}"))
+            continue
+        count = n // per_sample
+        try:
+            while len(samples) < count:
+                feeds = seeded_feeds(in_specs, seed + len(samples), overrides)
+                feeds.update({k: shared[k] for k, ax in in_axes.items() if ax is None})
+                samples.append((feeds, run_session(orig_sess, feeds)))
+        except Exception as exc:  # reported as this batch's failure, not swallowed
+            check.runs.append(BatchRun(n, error=f"the original model failed on a batch-{per_sample} sample: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"))
+            continue
+        used = samples[:count]
+        stacked = {k: (v if in_axes[k] is None else np.concatenate([s[0][k] for s in used], axis=in_axes[k])) for k, v in used[0][0].items()}
+        expected = {}
+        for name, ax in out_axes.items():
+            if name not in used[0][1]:
+                continue
+            expected[name] = used[0][1][name] if ax is None else np.concatenate([s[1][name] for s in used], axis=ax)
+        try:
+            actual = run_session(dyn_sess, stacked)
+        except Exception as exc:  # reported as this batch's failure, not swallowed
+            check.runs.append(BatchRun(n, error=f"the dynamic model failed at batch {n}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"))
+            continue
+        check.runs.append(BatchRun(n, compare(actual, expected, tolerance)))
+    return check
