@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 from converter import __version__
 from converter.errors import EXIT_CHECK_FAILED, EXIT_INTERNAL, EXIT_OK, ConverterError, UsageError, VerifyDrift
 
-SUBCOMMANDS = ("passes", "backends", "plugins", "inspect", "golden", "check")
+SUBCOMMANDS = ("passes", "backends", "plugins", "inspect", "golden", "check", "export")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -80,6 +80,9 @@ def sub_parser() -> argparse.ArgumentParser:
     chk_be.add_argument("-b", "--backend", default="tensorrt")
     chk_be.add_argument("--ignore-warnings", action="store_true", help="exit 0 when there are only warnings")
     _common(chk_be)
+    from converter import cli_export
+
+    _common(cli_export.add_parser(sub))
     ins = sub.add_parser("inspect", help="summarize a model", description="Opset, inputs/outputs with symbolic dims, op histogram, size.")
     ins.add_argument("model", type=Path)
     _common(ins)
@@ -306,6 +309,10 @@ def _dispatch(argv: Sequence[str]) -> tuple[argparse.Namespace, Any]:
             return args, cmd_inspect
         if args.command == "check":
             return args, cmd_check
+        if args.command == "export":
+            from converter import cli_export
+
+            return args, cli_export.cmd_export
         if args.command == "golden":
             return args, cmd_golden_record if args.golden_command == "record" else cmd_golden_check
         return args, cmd_list
