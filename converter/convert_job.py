@@ -95,7 +95,7 @@ def convert(req: ConvertRequest, plugins: Plugins) -> ConvertOutcome:
     precision = req.precision or _pipeline_precision(passes)
     if req.check:
         check_input_model(loaded.proto, str(loaded.path))
-    verify = VerifySpec(verify_feeds(req, loaded), {}) if req.verify else None
+    verify = VerifySpec(verify_feeds(req, loaded), {}, input_shapes=parse_shapes(req.input_shapes) or None) if req.verify else None
     model, report = run_pipeline(loaded.proto, passes, check=req.check, verify=verify, seed=req.seed, model_dir=str(loaded.path.parent))
     outcome = ConvertOutcome(loaded, report, None)
     pipeline_text = ",".join(format_step(s) for s in steps)

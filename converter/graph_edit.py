@@ -39,17 +39,22 @@ def node_inputs(node: onnx.NodeProto) -> list[str]:
     return names
 
 
-def rename_uses(graph: onnx.GraphProto, old: str, new: str) -> int:
-    """Make every reader of ``old`` (subgraphs included) read ``new``; returns how many inputs changed."""
-    count = 0
+def rename_all_uses(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
+    """Apply ``old -> new`` to every node input (subgraphs included), following chains (a->b, b->c)."""
+
+    def final(name: str) -> str:
+        seen = set()
+        while name in renames and name not in seen:
+            seen.add(name)
+            name = renames[name]
+        return name
+
     for n in graph.node:
         for i, x in enumerate(n.input):
-            if x == old:
-                n.input[i] = new
-                count += 1
+            if x in renames:
+                n.input[i] = final(x)
         for sg in _subgraphs(n):
-            count += rename_uses(sg, old, new)
-    return count  # graph outputs are left to the caller: renaming one changes the interface
+            rename_all_uses(sg, renames)
 
 
 def topological_sort(graph: onnx.GraphProto) -> bool:

@@ -51,6 +51,8 @@ class Pass(ABC, Generic[OptionsT]):
     Options: ClassVar[type] = NoOptions
     output_precision: ClassVar[Precision | None] = None
     """Set by passes that lower precision (fp16, qdq): verification then uses that tolerance."""
+    changes_batch: ClassVar[bool] = False
+    """Set by passes that make the batch dimension dynamic: ``--verify`` then proves batch N == N stacked batch-1 runs."""
 
     def __init__(self, options: OptionsT) -> None:
         self.options = options

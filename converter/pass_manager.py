@@ -66,10 +66,18 @@ def check_input_model(model: onnx.ModelProto, name: str) -> None:
 
 @dataclass
 class VerifySpec:
-    """Verification: feeds to run, and tolerances per precision."""
+    """Verification: feeds to run, tolerances per precision, batch sizes for batch-changing passes."""
 
     feeds: Feeds
     tolerances: dict[str, Tolerance]
+    batch_sizes: tuple[int, ...] = (1, 2, 7)
+    input_shapes: dict[str, tuple[int, ...]] | None = None
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
 
 
 def _run(model: onnx.ModelProto, feeds: Feeds) -> dict:
@@ -98,6 +106,7 @@ def run_pipeline(
     for p in passes:
         ctx = PassContext(log=logging.getLogger(f"converter.pass.{p.name}"), seed=seed, model_dir=model_dir)
         hist_before, nodes_before = op_histogram(model), node_count(model)
+        before = _copy(model) if verify is not None and p.changes_batch else None
         start = time.perf_counter()
         try:
             result = p.run(model, ctx)
@@ -133,8 +142,17 @@ def run_pipeline(
             except Exception as exc:
                 raise PassError(p.name, f"ONNX Runtime cannot run its result: {_check_error_text(exc)}", ran) from exc
             record.verify = compare(outputs, reference, verify.tolerances.get(precision, DEFAULT_TOLERANCES[precision]), precision)
+        if before is not None and result.modified and verify is not None:
+            from converter.batch_verify import check_batch_stacking
+
+            record.batch_check = check_batch_stacking(before, model, verify.batch_sizes, seed=seed, input_shapes=verify.input_shapes)
         report.records.append(record)
         ran.append(p.name)
+        if record.batch_check is not None and not record.batch_check:
+            raise VerifyDrift(
+                f"--verify: after pass '{p.name}' batch N differs from N stacked batch-1 runs ({'; '.join(record.batch_check.failures()[:2])}); passes before it: {', '.join(ran[:-1]) or 'none'}",
+                report,
+            )
         if record.verify is not None and not record.verify:
             failed = ", ".join(record.verify.failed_outputs())
             raise VerifyDrift(

@@ -20,6 +20,8 @@ class PassRecord:
     facts: dict[str, Any] = field(default_factory=dict)
     refused: list[str] = field(default_factory=list)
     verify: Comparison | None = None
+    batch_check: Any = None
+    """A BatchCheck (batch N vs N stacked batch-1 runs) when --verify ran after a batch-changing pass."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -33,6 +35,7 @@ class PassRecord:
             "facts": self.facts,
             "refused": self.refused,
             "verify": None if self.verify is None else self.verify.to_json(),
+            "batch_check": None if self.batch_check is None else self.batch_check.to_json(),
         }
 
 
@@ -60,6 +63,9 @@ class PipelineReport:
         lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
         lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
         for r in self.records:
+            if r.batch_check is not None:
+                lines.append(f"{r.name}: batch check (batch N vs N stacked batch-1 runs): {'ok' if r.batch_check else 'FAILED'}")
+                lines.append("  " + r.batch_check.table().replace("\n", "\n  "))
             for why in r.refused:
                 lines.append(f"  {r.name}: left alone: {why}")
         return "\n".join(lines)

@@ -9,7 +9,13 @@ from converter.registry import PassRegistry
 @hookimpl
 def converter_register_passes(registry: PassRegistry) -> None:
     from converter.passes.cleanup import CleanupPass
+    from converter.passes.dynamic_batch import DynamicBatchPass
+    from converter.passes.fold_constants import FoldConstantsPass
     from converter.passes.infer_shapes import InferShapesPass
+    from converter.passes.simplify import SimplifyPass
 
     registry.add(InferShapesPass)
     registry.add(CleanupPass)
+    registry.add(DynamicBatchPass)
+    registry.add(SimplifyPass)
+    registry.add(FoldConstantsPass)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from converter.graph_edit import node_inputs, rename_uses, topological_sort
+from converter.graph_edit import node_inputs, rename_all_uses, topological_sort
 from converter.pass_api import Pass, PassContext, PassResult
 
 
@@ -26,13 +26,15 @@ def _remove_identities(graph: onnx.GraphProto) -> tuple[int, list[str]]:
     inputs = {i.name for i in graph.input}
     producer = {o: n for n in graph.node for o in n.output if o}
     removed, kept = 0, []
-    for node in list(graph.node):
+    drop: set[int] = set()
+    renames: dict[str, str] = {}
+    for idx, node in enumerate(graph.node):
         if node.op_type != "Identity" or node.domain not in ("", "ai.onnx") or not node.input or not node.input[0]:
             continue
         src, dst = node.input[0], node.output[0]
         if dst not in outputs:
-            graph.node.remove(node)
-            rename_uses(graph, dst, src)
+            drop.add(idx)
+            renames[dst] = src
             removed += 1
             continue
         # dst is a graph output: the producer of src must take over the output's name
@@ -40,11 +42,14 @@ def _remove_identities(graph: onnx.GraphProto) -> tuple[int, list[str]]:
         if prod is None or src in outputs or src in inputs:
             kept.append(f"Identity '{node.name or dst}' joins {src} to graph output {dst}: kept to keep the interface")
             continue
-        graph.node.remove(node)
+        drop.add(idx)
         prod.output[list(prod.output).index(src)] = dst
-        rename_uses(graph, src, dst)
+        renames[src] = dst
         producer[dst] = prod
         removed += 1
+    if drop:
+        _keep_nodes(graph, [i for i in range(len(graph.node)) if i not in drop])
+        rename_all_uses(graph, renames)
     return removed, kept
 
 
@@ -59,10 +64,22 @@ def _remove_dead(graph: onnx.GraphProto) -> int:
             continue
         live.add(idx)
         stack.extend(node_inputs(graph.node[idx]))
-    dead = [n for i, n in enumerate(graph.node) if i not in live]
-    for node in dead:
-        graph.node.remove(node)
-    return len(dead)
+    dead = len(graph.node) - len(live)
+    if dead:
+        _keep_nodes(graph, sorted(live))
+    return dead
+
+
+def _keep_nodes(graph: onnx.GraphProto, indices: list[int]) -> None:
+    """Keep only the nodes at ``indices`` (in that order): linear, unlike repeated ``remove``."""
+    kept = [graph.node[i] for i in indices]
+    copies = []
+    for n in kept:
+        c = onnx.NodeProto()
+        c.CopyFrom(n)
+        copies.append(c)
+    del graph.node[:]
+    graph.node.extend(copies)
 
 
 def _remove_unused_initializers(graph: onnx.GraphProto) -> int:
@@ -70,10 +87,17 @@ def _remove_unused_initializers(graph: onnx.GraphProto) -> int:
     for node in graph.node:
         used.update(node_inputs(node))
     graph_inputs = {i.name for i in graph.input}
-    unused = [t for t in graph.initializer if t.name not in used and t.name not in graph_inputs]
-    for t in unused:
-        graph.initializer.remove(t)
-    return len(unused)
+    keep = [t for t in graph.initializer if t.name in used or t.name in graph_inputs]
+    removed = len(graph.initializer) - len(keep)
+    if removed:
+        copies = []
+        for t in keep:
+            c = onnx.TensorProto()
+            c.CopyFrom(t)
+            copies.append(c)
+        del graph.initializer[:]
+        graph.initializer.extend(copies)
+    return removed
 
 
 def _remove_stale_value_info(graph: onnx.GraphProto) -> int:

@@ -88,3 +88,48 @@ def test_report_records_time_nodes_and_op_delta(tiny_model: onnx.ModelProto) -> 
     js = report.to_json()
     assert js[1]["name"] == "cleanup" and js[1]["options"]["sort"] is True
     assert "Identity-2" in report.table()
+
+
+RESHAPE_B1 = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[1, 3, 4] x) => (float[1, 12] y) <int64[2] shape = {1, 12}> {
+    r = Reshape(x, shape)
+    y = Relu(r)
+}
+"""
+
+
+class RenameBatchOnly(Pass[ScaleOptions]):
+    """The naive 'edit the input dim and hope' that real tools do: must be caught by --verify."""
+
+    name = "rename_batch_only"
+    summary = "test pass: renames dim 0 without fixing the graph"
+    Options = ScaleOptions
+    changes_batch = True
+
+    def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+        for vi in [*model.graph.input, *model.graph.output]:
+            vi.type.tensor_type.shape.dim[0].dim_param = "batch"
+        del model.graph.value_info[:]
+        return PassResult(model, True)
+
+
+class BatchPlugin:
+    @hookimpl
+    def converter_register_passes(self, registry: PassRegistry) -> None:
+        registry.add(RenameBatchOnly)
+
+
+def test_verify_proves_dynamic_batch_by_stacking(tmp_path: Path) -> None:
+    import onnx.parser
+
+    src = tmp_path / "b1.onnx"
+    onnx.save_model(onnx.parser.parse_model(RESHAPE_B1), str(src))
+    plugins = load_plugins(entry_points_enabled=False, extra={"batch": BatchPlugin()})
+    ok = convert(ConvertRequest(model=src, pipeline="dynamic_batch", output=tmp_path / "o.onnx", verify=True), plugins)
+    check = ok.report.records[0].batch_check
+    assert check is not None and check and [r.batch for r in check.runs] == [1, 2, 7]
+    assert ok.report.to_json()[0]["batch_check"]["passed"] is True
+    with pytest.raises(VerifyDrift, match="after pass 'rename_batch_only' batch N differs from N stacked batch-1 runs"):
+        convert(ConvertRequest(model=src, pipeline="rename_batch_only", output=tmp_path / "bad.onnx", verify=True, check=False), plugins)
+    assert not (tmp_path / "bad.onnx").exists()
