@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 from converter import __version__
 from converter.errors import EXIT_CHECK_FAILED, EXIT_INTERNAL, EXIT_OK, ConverterError, UsageError, VerifyDrift
 
-SUBCOMMANDS = ("passes", "backends", "plugins", "inspect", "golden", "check", "export")
+SUBCOMMANDS = ("passes", "backends", "plugins", "inspect", "golden", "check", "export", "debug")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -60,6 +60,9 @@ def convert_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shapes", metavar="SHAPES", help="concrete shapes for symbolic dims, e.g. 'x:1x3x224x224'")
     p.add_argument("--seed", type=int, default=0, help="seed for generated sample inputs (default 0)")
     p.add_argument("--no-check", dest="check", action="store_false", help="skip the ONNX checker on the input and after each pass")
+    calib = p.add_argument_group("calibration (for quantization passes)")
+    calib.add_argument("--calib-data", metavar="SRC", help="FEEDS.npz (first axis = samples), a folder of images with a preprocessing spec, or module:function yielding feed dicts")
+    calib.add_argument("--calib-random", action="store_true", help="allow seeded random calibration data (a warning: scales from random data are rarely right)")
     shapes = p.add_argument_group("shapes for engine backends (trtexec style; become backend options)")
     shapes.add_argument("--min-shapes", metavar="SHAPES", help="e.g. 'x:1x3x224x224,mask:1x128'; ';' separates profiles")
     shapes.add_argument("--opt-shapes", metavar="SHAPES")
@@ -80,9 +83,10 @@ def sub_parser() -> argparse.ArgumentParser:
     chk_be.add_argument("-b", "--backend", default="tensorrt")
     chk_be.add_argument("--ignore-warnings", action="store_true", help="exit 0 when there are only warnings")
     _common(chk_be)
-    from converter import cli_export
+    from converter import cli_debug, cli_export
 
     _common(cli_export.add_parser(sub))
+    cli_debug.add_parser(sub, _common)
     ins = sub.add_parser("inspect", help="summarize a model", description="Opset, inputs/outputs with symbolic dims, op histogram, size.")
     ins.add_argument("model", type=Path)
     _common(ins)
@@ -121,6 +125,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         model=args.model, pipeline=args.passes, backend=_backend_text(args), output=args.output, golden=args.golden,
         precision=args.precision, verify=args.verify, inputs=args.inputs, input_shapes=args.input_shapes,
         check=args.check, keep_failed=args.keep_failed, seed=args.seed,
+        calib_data=args.calib_data, calib_random=args.calib_random,
     )
     try:
         outcome = convert(req, load_plugins())
@@ -309,6 +314,10 @@ def _dispatch(argv: Sequence[str]) -> tuple[argparse.Namespace, Any]:
             return args, cmd_inspect
         if args.command == "check":
             return args, cmd_check
+        if args.command == "debug":
+            from converter import cli_debug
+
+            return args, cli_debug.handler(args)
         if args.command == "export":
             from converter import cli_export
 

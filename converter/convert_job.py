@@ -36,6 +36,8 @@ class ConvertRequest:
     check: bool = True
     keep_failed: bool = False
     seed: int = 0
+    calib_data: str | None = None
+    calib_random: bool = False
 
 
 @dataclass
@@ -96,7 +98,7 @@ def convert(req: ConvertRequest, plugins: Plugins) -> ConvertOutcome:
     if req.check:
         check_input_model(loaded.proto, str(loaded.path))
     verify = VerifySpec(verify_feeds(req, loaded), {}, input_shapes=parse_shapes(req.input_shapes) or None) if req.verify else None
-    model, report = run_pipeline(loaded.proto, passes, check=req.check, verify=verify, seed=req.seed, model_dir=str(loaded.path.parent))
+    model, report = run_pipeline(loaded.proto, passes, check=req.check, verify=verify, seed=req.seed, model_dir=str(loaded.path.parent), calib_data=req.calib_data, calib_random=req.calib_random)
     outcome = ConvertOutcome(loaded, report, None)
     pipeline_text = ",".join(format_step(s) for s in steps)
     with atomic_outputs(out.parent) as staging:

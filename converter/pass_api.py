@@ -41,6 +41,10 @@ class PassContext:
     log: logging.Logger
     seed: int = 0
     model_dir: str | None = None
+    calib_data: str | None = None
+    """``--calib-data``: an .npz, a folder of images with a preprocessing spec, or ``module:function``."""
+    calib_random: bool = False
+    """``--calib-random``: the user explicitly allowed seeded random calibration data."""
 
 
 class Pass(ABC, Generic[OptionsT]):

@@ -92,6 +92,8 @@ def run_pipeline(
     verify: VerifySpec | None = None,
     seed: int = 0,
     model_dir: str | None = None,
+    calib_data: str | None = None,
+    calib_random: bool = False,
 ) -> tuple[onnx.ModelProto, PipelineReport]:
     """Run ``passes`` in order on ``model`` (which may be changed in place)."""
     report = PipelineReport()
@@ -104,7 +106,7 @@ def run_pipeline(
     precision: Precision = "fp32"
     ran: list[str] = []
     for p in passes:
-        ctx = PassContext(log=logging.getLogger(f"converter.pass.{p.name}"), seed=seed, model_dir=model_dir)
+        ctx = PassContext(log=logging.getLogger(f"converter.pass.{p.name}"), seed=seed, model_dir=model_dir, calib_data=calib_data, calib_random=calib_random)
         hist_before, nodes_before = op_histogram(model), node_count(model)
         before = _copy(model) if verify is not None and p.changes_batch else None
         start = time.perf_counter()
