@@ -6,6 +6,10 @@ shape-inference (shapes).
 
 from __future__ import annotations
 
+import logging
+import re
+
+import onnx
 from collections.abc import Callable, Iterable, Iterator
 
 from converter.backend_api import Finding
@@ -235,6 +239,7 @@ def check_hardcoded_batch(ctx: LintContext) -> Iterable[Finding]:
     batch = ctx.batch_symbols()
     if not batch:
         return
+    reported: set[str] = set()
     for ref in ctx.nodes:
         if ref.op not in SHAPE_OPS or ref.node.domain not in ops.ONNX_DOMAINS:
             continue
@@ -245,12 +250,53 @@ def check_hardcoded_batch(ctx: LintContext) -> Iterable[Finding]:
         if _pins_batch(ctx, ref, first, length, batch):
             yield _finding("hardcoded-batch", ERROR, ref, f"fixes dim 0 of a dynamic-batch tensor to {first}; use 0 "
                            "(copy) or -1 in the shape, or compute it from Shape(input)")
+            reported.add(ref.node.name or ref.node.output[0])
             continue
         k = _creates_dim0(ctx, ref, first, length)
         meet = _meets_batch(ctx, ref.node.output[0], k, batch) if k is not None else None
         if meet is not None:
             yield _finding("hardcoded-batch", ERROR, ref, f"creates a constant dim 0 of {k} that meets the dynamic batch "
                            f"at {meet.label}: the batch size the model was exported with is baked in")
+            reported.add(ref.node.name or ref.node.output[0])
+    yield from _batch_pass_findings(ctx, reported, batch)
+
+
+_REWRITE = re.compile(r"^(?P<op>[A-Za-z0-9_]+) '(?P<node>[^']*)': (?P<what>.*)$")
+
+
+def _batch_pass_findings(ctx: LintContext, reported: set[str], batch: set[str]) -> Iterator[Finding]:
+    """What the ``dynamic_batch`` pass (``repair=true``) would still have to rewrite is hard-coded batch.
+
+    Its analysis follows the batch through every op (LSTM/GRU initial states, Expand of a learned token,
+    zeros + repeat + cat, Resize sizes, ...), which the constant patterns above cannot see. Each node it
+    would rewrite is a finding; a graph the pass refuses to analyse adds nothing here.
+    """
+    from converter.errors import ConverterError
+    from converter.pass_api import PassContext
+    from converter.passes.dynamic_batch import DynamicBatchOptions, DynamicBatchPass
+
+    inits = {t.name for t in ctx.model.graph.initializer}
+    batched = tuple(
+        vi.name for vi in ctx.model.graph.input
+        if vi.name not in inits and vi.type.tensor_type.shape.dim and vi.type.tensor_type.shape.dim[0].dim_param in batch
+    )
+    if not batched:
+        return
+    model = onnx.ModelProto()
+    model.CopyFrom(ctx.model)
+    pass_ctx = PassContext(log=logging.getLogger("converter.lint.hardcoded-batch"))
+    try:
+        result = DynamicBatchPass(DynamicBatchOptions(repair=True, verify=False, inputs=batched)).run(model, pass_ctx)
+    except ConverterError as exc:  # the pass refuses graphs it cannot analyse safely: no claim either way
+        pass_ctx.log.debug("hardcoded-batch: dynamic_batch analysis refused: %s", exc)
+        return
+    for line in result.facts.get("rewritten", []):
+        m = _REWRITE.match(line)
+        node = m.group("node") if m else "model"
+        if node in reported:
+            continue
+        what = m.group("what") if m else line
+        yield _finding("hardcoded-batch", ERROR, node, f"depends on the export batch: {what} (the dynamic_batch pass with repair=true rewrites it)")
 
 
 def _input_symbols(ctx: LintContext) -> set[str]:

@@ -663,3 +663,21 @@ def test_repair_that_refuses_leaves_the_model_as_it_was(tmp_path: Path) -> None:
     with pytest.raises(BatchDependenceError, match="reduces over the batch"):
         run_pass(model, repair=True)
     assert model.SerializeToString() == before
+
+
+@pytest.mark.parametrize("name", ["expand_token", "lstm_buffer_h0", "zeros_repeat_cat", "flatten_view", "gru_param_h0"])
+def test_tensorrt_lint_flags_rename_only_exports_but_not_converted_ones(exported, name: str) -> None:
+    """`convert check -b tensorrt` must catch what naive batch renaming leaves behind, and stay quiet after the pass."""
+    from converter.plugins.tensorrt_lint import lint
+
+    src = onnx.load(str(exported(name, "legacy")))
+    renamed = onnx.ModelProto()
+    renamed.CopyFrom(src)
+    for vi in [*renamed.graph.input, *renamed.graph.output]:
+        dims = vi.type.tensor_type.shape.dim
+        if dims and dims[0].dim_value == 1:
+            dims[0].dim_param = "batch"
+    del renamed.graph.value_info[:]
+    assert [f for f in lint(renamed) if f.rule == "hardcoded-batch" and f.severity == "error"], "rename-only export not flagged"
+    converted = DynamicBatchPass(DynamicBatchOptions()).run(src, PassContext(log=logging.getLogger("t"))).model
+    assert [f.line() for f in lint(converted) if f.rule == "hardcoded-batch"] == []
