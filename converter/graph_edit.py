@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
 
 import onnx
 
@@ -37,6 +39,17 @@ def node_inputs(node: onnx.NodeProto) -> list[str]:
     for sg in _subgraphs(node):
         names.extend(sorted(outer_scope_inputs(sg)))
     return names
+
+
+def replace_repeated(field: Any, items: Sequence[Any]) -> None:
+    """Make a protobuf repeated message field hold exactly ``items`` (copied first: they may live in it)."""
+    copies = []
+    for item in items:
+        c = type(item)()
+        c.CopyFrom(item)
+        copies.append(c)
+    del field[:]
+    field.extend(copies)
 
 
 def rename_all_uses(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
@@ -94,10 +107,5 @@ def topological_sort(graph: onnx.GraphProto) -> bool:
         raise ValueError(f"the graph has a cycle through nodes {', '.join(stuck)}")
     if order == list(range(len(nodes))):
         return False
-    sorted_nodes = [nodes[i] for i in order]
-    copies = [onnx.NodeProto() for _ in sorted_nodes]
-    for c, n in zip(copies, sorted_nodes):
-        c.CopyFrom(n)
-    del graph.node[:]
-    graph.node.extend(copies)
+    replace_repeated(graph.node, [nodes[i] for i in order])
     return True

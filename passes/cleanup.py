@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from converter.graph_edit import node_inputs, rename_all_uses, topological_sort
+from converter.graph_edit import node_inputs, rename_all_uses, replace_repeated, topological_sort
 from converter.pass_api import Pass, PassContext, PassResult
 
 
@@ -72,14 +72,7 @@ def _remove_dead(graph: onnx.GraphProto) -> int:
 
 def _keep_nodes(graph: onnx.GraphProto, indices: list[int]) -> None:
     """Keep only the nodes at ``indices`` (in that order): linear, unlike repeated ``remove``."""
-    kept = [graph.node[i] for i in indices]
-    copies = []
-    for n in kept:
-        c = onnx.NodeProto()
-        c.CopyFrom(n)
-        copies.append(c)
-    del graph.node[:]
-    graph.node.extend(copies)
+    replace_repeated(graph.node, [graph.node[i] for i in indices])
 
 
 def _remove_unused_initializers(graph: onnx.GraphProto) -> int:
@@ -90,13 +83,7 @@ def _remove_unused_initializers(graph: onnx.GraphProto) -> int:
     keep = [t for t in graph.initializer if t.name in used or t.name in graph_inputs]
     removed = len(graph.initializer) - len(keep)
     if removed:
-        copies = []
-        for t in keep:
-            c = onnx.TensorProto()
-            c.CopyFrom(t)
-            copies.append(c)
-        del graph.initializer[:]
-        graph.initializer.extend(copies)
+        replace_repeated(graph.initializer, keep)
     return removed
 
 

@@ -23,7 +23,7 @@ import onnx
 
 from converter.batch_verify import check_batch_stacking
 from converter.errors import ModelError, UsageError
-from converter.graph_edit import node_inputs, topological_sort
+from converter.graph_edit import node_inputs, replace_repeated, topological_sort
 from converter.graph_info import opset_version
 from converter.pass_api import Pass, PassContext, PassResult
 from converter.passes._batch_analysis import Analysis, Refuse, fmt_flag, plain
@@ -235,13 +235,7 @@ class DynamicBatchPass(Pass[DynamicBatchOptions]):
         final = [*a.edits.prelude, *done.nodes, *done.tail]
         live = _live_tensors(g, final)
         keep = [n for n in final if any(x in live for x in n.output) or not any(x in live_before for x in n.output)]
-        copies = []
-        for n in keep:
-            c = onnx.NodeProto()
-            c.CopyFrom(n)
-            copies.append(c)
-        del g.node[:]
-        g.node.extend(copies)
+        replace_repeated(g.node, keep)
         g.initializer.extend(a.edits.initializers)
         if model.ir_version < 4:  # initializers must also be graph inputs before IR 4
             g.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in a.edits.initializers)

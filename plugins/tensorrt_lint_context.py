@@ -18,6 +18,7 @@ import onnx
 from onnx import TensorProto, numpy_helper, shape_inference
 
 from converter.backend_api import Finding
+from converter.graph_info import iter_graphs
 from converter.plugins import tensorrt_ops as ops
 from converter.plugins.tensorrt_ops import Version
 
@@ -86,15 +87,7 @@ def _walk_graph(graph: onnx.GraphProto, scope: str) -> Iterator[NodeRef]:
                     yield from _walk_graph(g, f"{inner}[{i}]")
 
 
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _graphs(g)
+_graphs = iter_graphs
 
 
 def _name_dynamic_batch_dims(graph: onnx.GraphProto) -> None:
