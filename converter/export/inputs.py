@@ -36,13 +36,6 @@ class InputSpec:
         """The shape with dim 0 replaced by ``batch`` (``None``: as written)."""
         return self.shape if batch is None else (batch, *self.shape[1:])
 
-    def text(self, dynamic: bool) -> str:
-        dims = ["batch" if dynamic and i == 0 else str(d) for i, d in enumerate(self.shape)]
-        return f"{self.name}[{','.join(dims)}] {self.dtype}"
-
-    def to_json(self) -> dict[str, object]:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "range": None if self.low is None else [self.low, self.high]}
-
 
 def _number(text: str, item: str, integer: bool) -> float:
     try:
@@ -101,7 +94,7 @@ def sample_feeds(specs: Sequence[InputSpec], seed: int, batch: int | None) -> di
             data = rng.standard_normal(shape) if s.low is None else rng.uniform(s.low, s.high, size=shape)
             feeds[s.name] = data.astype(dt)
         elif dt.kind in "iu":
-            low, high = (0, 1) if s.low is None else (int(s.low), int(s.high or 0))
+            low, high = (0, 1) if s.low is None or s.high is None else (int(s.low), int(s.high))
             feeds[s.name] = rng.integers(low, high, size=shape, endpoint=True).astype(dt)
         else:
             feeds[s.name] = rng.integers(0, 2, size=shape).astype(bool)

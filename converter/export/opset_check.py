@@ -15,7 +15,6 @@ of ``ceil(n / num_outputs)``, the last one smaller):
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +23,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from converter.errors import ModelError, describe_exception
+from converter.graph_edit import replace_repeated
+from converter.graph_info import iter_graphs
 
 log = logging.getLogger("converter.export")
 
@@ -51,17 +52,6 @@ def default_opset(model: onnx.ModelProto) -> int:
     raise ModelError("the exported model imports no default ONNX opset")
 
 
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _graphs(g)
-
-
 def _known_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
     """Shapes of every value, inferred on a copy that declares opset 18 (where the Split is valid)."""
     copy = onnx.ModelProto()
@@ -71,12 +61,12 @@ def _known_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
             imp.version = max(imp.version, 18)
     try:
         inferred = onnx.shape_inference.infer_shapes(copy, data_prop=True)
-    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
-        # shapes are an aid here: without them, split sizes are computed at run time
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, ValueError) as exc:
+        # shapes are an aid (ValueError: a model past protobuf's 2 GiB) here: without them, split sizes are computed at run time
         log.warning("shape inference failed while repairing Split nodes (%s); computing split sizes at run time", describe_exception(exc))
         return {}
     shapes: dict[str, list[int | None]] = {}
-    for g in _graphs(inferred.graph):
+    for g in iter_graphs(inferred.graph):
         for vi in [*g.input, *g.value_info, *g.output]:
             t = vi.type.tensor_type
             if t.HasField("shape"):
@@ -86,7 +76,7 @@ def _known_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
 
 class _Names:
     def __init__(self, model: onnx.ModelProto) -> None:
-        self.used = {n for g in _graphs(model.graph) for n in [*(i.name for i in g.initializer), *(x for node in g.node for x in [*node.input, *node.output, node.name])]}
+        self.used = {n for g in iter_graphs(model.graph) for n in [*(i.name for i in g.initializer), *(x for node in g.node for x in [*node.input, *node.output, node.name])]}
 
     def new(self, base: str) -> str:
         name, i = base, 0
@@ -137,7 +127,7 @@ def fix_split_num_outputs(model: onnx.ModelProto) -> list[str]:
     opset = default_opset(model)
     if opset >= 18:
         return []
-    targets = [(g, n) for g in _graphs(model.graph) for n in g.node if n.op_type == "Split" and n.domain in ("", "ai.onnx") and any(a.name == "num_outputs" for a in n.attribute)]
+    targets = [(g, n) for g in iter_graphs(model.graph) for n in g.node if n.op_type == "Split" and n.domain in ("", "ai.onnx") and any(a.name == "num_outputs" for a in n.attribute)]
     if not targets:
         return []
     shapes, names, fixes = _known_shapes(model), _Names(model), []
@@ -145,9 +135,7 @@ def fix_split_num_outputs(model: onnx.ModelProto) -> list[str]:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         k, axis = int(attrs["num_outputs"]), int(attrs.get("axis", 0))
         where = f"Split '{node.name or node.output[0]}'"
-        keep = [a for a in node.attribute if a.name != "num_outputs"]
-        del node.attribute[:]
-        node.attribute.extend(keep)
+        replace_repeated(node.attribute, [a for a in node.attribute if a.name != "num_outputs"])
         if len(node.input) > 1 and node.input[1]:
             fixes.append(f"{where}: dropped num_outputs (split sizes were given)")
             continue

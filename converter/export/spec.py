@@ -70,7 +70,7 @@ def _resolve(spec: Spec, module: ModuleType) -> Any:
             raise UsageError(f"model spec '{spec.text}': '{spec.module}' has no attribute '{spec.attr}' (callables defined there: {', '.join(callables) or 'none'})")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise UsageError(f"model spec '{spec.text}': '{spec.attr}' is a {type(obj).__name__}, not a callable that returns an nn.Module")
+        raise UsageError(f"model spec '{spec.text}': '{spec.attr}' is of type {type(obj).__name__}, not a callable that returns an nn.Module")
     return obj
 
 

@@ -25,4 +25,4 @@ def require_torch() -> ModuleType:
 def require_onnxscript() -> None:
     """The dynamo exporter translates through onnxscript."""
     if importlib.util.find_spec("onnxscript") is None:
-        raise TorchMissing(f"the dynamo exporter needs onnxscript, which is not installed here; install it with: pip install onnxscript (or use --exporter torchscript)")
+        raise TorchMissing("the dynamo exporter needs onnxscript, which is not installed here; install it with: pip install onnxscript (or use --exporter torchscript)")

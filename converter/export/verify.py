@@ -25,17 +25,17 @@ from converter.ort_session import session_options
 @dataclass
 class BatchCheck:
     batch: int
+    seed: int
     comparison: Comparison
     data: DataSet
 
     def to_json(self) -> dict[str, Any]:
-        return {"batch": self.batch, "inputs": {k: list(v.shape) for k, v in self.data.inputs.items()}, **self.comparison.to_json()}
+        return {"batch": self.batch, "seed": self.seed, "inputs": {k: list(v.shape) for k, v in self.data.inputs.items()}, **self.comparison.to_json()}
 
 
 @dataclass
 class VerifyReport:
     checks: list[BatchCheck]
-    seed: int
 
     def __bool__(self) -> bool:
         return all(bool(c.comparison) for c in self.checks)
@@ -46,12 +46,12 @@ class VerifyReport:
     def table(self) -> str:
         lines = []
         for c in self.checks:
-            lines.append(f"torch vs ONNX Runtime at batch {c.batch} (seed {self.seed}): {'PASS' if c.comparison else 'FAIL'}")
+            lines.append(f"torch vs ONNX Runtime at batch {c.batch} (seed {c.seed}): {'PASS' if c.comparison else 'FAIL'}")
             lines.append(c.comparison.table())
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
-        return {"passed": bool(self), "seed": self.seed, "batches": [c.to_json() for c in self.checks]}
+        return {"passed": bool(self), "batches": [c.to_json() for c in self.checks]}
 
 
 def open_session(path: Path) -> ort.InferenceSession:
@@ -86,5 +86,5 @@ def verify(
         reference = dict(zip(output_names, run_torch(torch, model, specs, feeds)))
         actual = run_ort(sess, feeds)
         comparison = compare(actual, reference, tolerance, "fp32", names=list(output_names))
-        checks.append(BatchCheck(specs[0].shape_at(batch)[0], comparison, DataSet(feeds, reference, f"test_data_set_{i}")))
-    return VerifyReport(checks, seed)
+        checks.append(BatchCheck(specs[0].shape_at(batch)[0], seed + i, comparison, DataSet(feeds, reference, f"test_data_set_{i}")))
+    return VerifyReport(checks)

@@ -1,0 +1,66 @@
+"""``--then 'PIPELINE_ARGS'``: after the export, continue with the main flow in the same command.
+
+The text is the rest of a ``convert MODEL ...`` command line (``-p``, ``-b``, ``-o``, ``--verify``, ...),
+parsed by the main command's own parser with the exported model as MODEL, so every flag means
+what it means there. The export's ``--golden`` case (torch's outputs) is the golden check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+
+from converter.convert_job import ConvertOutcome, ConvertRequest, convert
+from converter.errors import UsageError
+
+_NOT_HERE = {"json": "--json", "debug": "--debug", "verbose": "-v/--verbose"}
+
+
+def parse_then(text: str, exported: Path, export_golden: Path | None) -> argparse.Namespace:
+    from converter.cli import convert_parser
+
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:
+        raise UsageError(f"--then '{text}' cannot be split into arguments: {exc}") from None
+    if any(w in ("-h", "--help", "--version") for w in words):
+        raise UsageError("--then takes the arguments of 'convert MODEL ...' (see 'convert --help'), not -h/--version")
+    if words and not words[0].startswith("-"):
+        raise UsageError(f"--then '{text}': the model is the exported one; start with flags, e.g. --then '-p infer_shapes,cleanup -b ort'")
+    args = convert_parser().parse_args([str(exported), *words])
+    misplaced = [flag for key, flag in _NOT_HERE.items() if getattr(args, key)]
+    if misplaced:
+        raise UsageError(f"put {', '.join(misplaced)} on the export command, not inside --then")
+    if args.golden is not None and export_golden is not None:
+        raise UsageError("--golden is given to the export and inside --then; give it once (the export's case holds torch's outputs)")
+    if args.golden is None:
+        args.golden = export_golden
+    _preflight(args)
+    return args
+
+
+def _preflight(args: argparse.Namespace) -> None:
+    """Unknown passes, options and backends fail now, before minutes go into the export."""
+    from converter.cli import _backend_text
+    from converter.convert_job import make_backend
+    from converter.pass_manager import build_passes
+    from converter.pipeline_text import parse_pipeline
+    from converter.plugin_manager import load_plugins
+
+    plugins = load_plugins()
+    build_passes(parse_pipeline(args.passes), plugins.passes)
+    make_backend(_backend_text(args), plugins)
+
+
+def run_then(args: argparse.Namespace) -> ConvertOutcome:
+    """The main flow on the exported model, exactly as ``convert`` runs it."""
+    from converter.cli import _backend_text
+    from converter.plugin_manager import load_plugins
+
+    req = ConvertRequest(
+        model=args.model, pipeline=args.passes, backend=_backend_text(args), output=args.output, golden=args.golden,
+        precision=args.precision, verify=args.verify, inputs=args.inputs, input_shapes=args.input_shapes,
+        check=args.check, keep_failed=args.keep_failed, seed=args.seed,
+    )
+    return convert(req, load_plugins())
