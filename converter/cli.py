@@ -122,7 +122,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from converter.plugin_manager import load_plugins
 
     req = ConvertRequest(
-        model=args.model, pipeline=args.passes, backend=_backend_text(args), output=args.output, golden=args.golden,
+        model=args.model, pipeline=args.passes, backend=backend_text(args), output=args.output, golden=args.golden,
         precision=args.precision, verify=args.verify, inputs=args.inputs, input_shapes=args.input_shapes,
         check=args.check, keep_failed=args.keep_failed, seed=args.seed,
         calib_data=args.calib_data, calib_random=args.calib_random,
@@ -152,7 +152,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _backend_text(args: argparse.Namespace) -> str:
+def backend_text(args: argparse.Namespace) -> str:
     """Fold --min-shapes/--opt-shapes/--max-shapes/--batch into the backend's options."""
     from converter.pipeline_text import format_step, parse_step
 

@@ -42,7 +42,7 @@ def parse_then(text: str, exported: Path, export_golden: Path | None) -> argpars
 
 def _preflight(args: argparse.Namespace) -> None:
     """Unknown passes, options and backends fail now, before minutes go into the export."""
-    from converter.cli import _backend_text
+    from converter.cli import backend_text
     from converter.convert_job import make_backend
     from converter.pass_manager import build_passes
     from converter.pipeline_text import parse_pipeline
@@ -50,16 +50,16 @@ def _preflight(args: argparse.Namespace) -> None:
 
     plugins = load_plugins()
     build_passes(parse_pipeline(args.passes), plugins.passes)
-    make_backend(_backend_text(args), plugins)
+    make_backend(backend_text(args), plugins)
 
 
 def run_then(args: argparse.Namespace) -> ConvertOutcome:
     """The main flow on the exported model, exactly as ``convert`` runs it."""
-    from converter.cli import _backend_text
+    from converter.cli import backend_text
     from converter.plugin_manager import load_plugins
 
     req = ConvertRequest(
-        model=args.model, pipeline=args.passes, backend=_backend_text(args), output=args.output, golden=args.golden,
+        model=args.model, pipeline=args.passes, backend=backend_text(args), output=args.output, golden=args.golden,
         precision=args.precision, verify=args.verify, inputs=args.inputs, input_shapes=args.input_shapes,
         check=args.check, keep_failed=args.keep_failed, seed=args.seed,
     )

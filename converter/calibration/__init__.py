@@ -1,0 +1,32 @@
+"""Calibration for int8 quantization: data sources, streamed statistics, calibrators, cache.
+
+- :mod:`~converter.calibration.data`: ``--calib-data`` opened and checked against the model
+  (``.npz``/``.npy`` memory-mapped, image folders with a preprocessing spec, ``module:function``,
+  seeded random data only when allowed);
+- :mod:`~converter.calibration.collector`: runs the model on ONNX Runtime batch by batch and
+  streams per-tensor statistics (:mod:`~converter.calibration.stats`), in chunks of tensors;
+- :mod:`~converter.calibration.calibrators`: minmax, percentile, entropy (TensorRT's KL search), mse;
+- :mod:`~converter.calibration.cache`: our JSON cache and TensorRT's calibration-cache text.
+"""
+
+from converter.calibration.cache import CalibrationCache, TensorRange, load_cache, model_hash
+from converter.calibration.calibrators import METHODS, Calibrator, scale_of
+from converter.calibration.collector import Collector, CollectResult
+from converter.calibration.data import open_source
+from converter.calibration.sources import CalibSource
+from converter.calibration.stats import TensorStats
+
+__all__ = [
+    "METHODS",
+    "CalibSource",
+    "CalibrationCache",
+    "Calibrator",
+    "CollectResult",
+    "Collector",
+    "TensorRange",
+    "TensorStats",
+    "load_cache",
+    "model_hash",
+    "open_source",
+    "scale_of",
+]

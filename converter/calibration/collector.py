@@ -1,0 +1,136 @@
+"""Run the model on calibration batches and stream per-tensor statistics.
+
+The model is copied with the tensors to calibrate as its only outputs and run
+on ONNX Runtime batch by batch; each batch's values update the tensors'
+:class:`~converter.calibration.stats.TensorStats` and are dropped. When the
+tensors of one batch would take more than ``budget_mib``, they are split into
+chunks and the data is streamed once per chunk, so memory stays bounded
+whatever the model. Graph inputs are taken from the feeds directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from converter.calibration.batching import rebatch
+from converter.calibration.sources import CalibSource, Feeds
+from converter.calibration.stats import DEFAULT_BINS, TensorStats
+from converter.ort_session import make_session, run_session
+
+FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
+_UNKNOWN_DIM = 64
+
+
+@dataclass
+class CollectResult:
+    stats: dict[str, TensorStats]
+    samples: int = 0
+    batches: int = 0
+    chunks: int = 0
+    seconds: float = 0.0
+    chunk_sizes: list[int] = field(default_factory=list)
+
+
+def value_infos(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    """Type and shape of every tensor ONNX shape inference can tell (the model is not changed)."""
+    inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+    g = inferred.graph
+    return {vi.name: vi for vi in [*g.input, *g.value_info, *g.output]}
+
+
+def _bytes_per_sample(vi: onnx.ValueInfoProto | None) -> int:
+    if vi is None or not vi.type.tensor_type.HasField("shape"):
+        return 4 * _UNKNOWN_DIM**3
+    dims = [d.dim_value if d.HasField("dim_value") else (1 if i == 0 else _UNKNOWN_DIM) for i, d in enumerate(vi.type.tensor_type.shape.dim)]
+    return 4 * max(1, math.prod(dims))
+
+
+def plan_chunks(tensors: Sequence[str], infos: dict[str, onnx.ValueInfoProto], batch: int, budget_bytes: int) -> list[list[str]]:
+    """Split ``tensors`` so one batch of each chunk's outputs stays under ``budget_bytes`` (one tensor at least)."""
+    chunks: list[list[str]] = [[]]
+    used = 0
+    for name in tensors:
+        size = _bytes_per_sample(infos.get(name)) * batch
+        if chunks[-1] and used + size > budget_bytes:
+            chunks.append([])
+            used = 0
+        chunks[-1].append(name)
+        used += size
+    return [c for c in chunks if c]
+
+
+def calibration_model(model: onnx.ModelProto, outputs: Sequence[str], infos: dict[str, onnx.ValueInfoProto]) -> onnx.ModelProto:
+    """A copy of ``model`` whose outputs are exactly ``outputs`` (ONNX Runtime then computes only what they need)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.output[:]
+    for name in outputs:
+        elem = infos[name].type.tensor_type.elem_type if name in infos else onnx.TensorProto.FLOAT
+        out.graph.output.append(helper.make_tensor_value_info(name, elem, None))
+    return out
+
+
+class Collector:
+    """Streams statistics of ``tensors`` of ``model`` over a calibration source."""
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        tensors: Sequence[str],
+        *,
+        histogram: bool = True,
+        batch_size: int = 8,
+        exact_batch: bool = False,
+        budget_mib: float = 256.0,
+        bins: int = DEFAULT_BINS,
+        log: logging.Logger | None = None,
+    ) -> None:
+        self.model = model
+        self.batch_size = batch_size
+        self.exact_batch = exact_batch
+        self.log = log or logging.getLogger("converter.calibration")
+        self.infos = value_infos(model)
+        inputs = {vi.name for vi in model.graph.input} - {t.name for t in model.graph.initializer}
+        self.from_feeds = [t for t in tensors if t in inputs]
+        self.from_model = [t for t in tensors if t not in inputs]
+        self.chunks = plan_chunks(self.from_model, self.infos, batch_size, int(budget_mib * 2**20)) or [[]]
+        self.stats = {t: TensorStats(t, bins=bins, histogram=histogram) for t in tensors}
+
+    def run(self, source: CalibSource, limit: int | None = None) -> CollectResult:
+        start = time.perf_counter()
+        result = CollectResult(self.stats, chunks=len(self.chunks), chunk_sizes=[len(c) for c in self.chunks])
+        total = source.sample_count()
+        total = min(total, limit) if total is not None and limit is not None else (total if total is not None else limit)
+        for index, chunk in enumerate(self.chunks):
+            session = make_session(calibration_model(self.model, chunk, self.infos)) if chunk else None
+            samples = batches = 0
+            next_report = 0.0
+            for feeds in rebatch(source, self.batch_size, limit, self.exact_batch):
+                self._update(session, chunk, feeds, first_chunk=index == 0)
+                samples += len(next(iter(feeds.values())))
+                batches += 1
+                if total and samples / total >= next_report:
+                    self.log.info("calibration: %d/%d samples (tensor chunk %d/%d)", samples, total, index + 1, len(self.chunks))
+                    next_report = samples / total + 0.1
+            del session
+            result.samples, result.batches = samples, batches
+        if total is None or result.samples != total:
+            self.log.info("calibration: %d samples in %d batches", result.samples, result.batches)
+        result.seconds = time.perf_counter() - start
+        return result
+
+    def _update(self, session: object, chunk: list[str], feeds: Feeds, first_chunk: bool) -> None:
+        if first_chunk:
+            for name in self.from_feeds:
+                self.stats[name].update(feeds[name])
+        if session is not None:
+            for name, value in run_session(session, feeds).items():  # type: ignore[arg-type]
+                self.stats[name].update(np.asarray(value))
