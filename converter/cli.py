@@ -117,16 +117,23 @@ def _emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def cmd_convert(args: argparse.Namespace) -> int:
-    from converter.convert_job import ConvertRequest, GoldenFailed, convert
-    from converter.plugin_manager import load_plugins
+def request_from_args(args: argparse.Namespace) -> Any:
+    """The ConvertRequest that ``convert MODEL ...`` (or ``export --then``) asks for."""
+    from converter.convert_job import ConvertRequest
 
-    req = ConvertRequest(
+    return ConvertRequest(
         model=args.model, pipeline=args.passes, backend=backend_text(args), output=args.output, golden=args.golden,
         precision=args.precision, verify=args.verify, inputs=args.inputs, input_shapes=args.input_shapes,
         check=args.check, keep_failed=args.keep_failed, seed=args.seed,
         calib_data=args.calib_data, calib_random=args.calib_random,
     )
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from converter.convert_job import GoldenFailed, convert
+    from converter.plugin_manager import load_plugins
+
+    req = request_from_args(args)
     try:
         outcome = convert(req, load_plugins())
     except GoldenFailed as exc:

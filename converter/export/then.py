@@ -11,7 +11,7 @@ import argparse
 import shlex
 from pathlib import Path
 
-from converter.convert_job import ConvertOutcome, ConvertRequest, convert
+from converter.convert_job import ConvertOutcome, convert
 from converter.errors import UsageError
 
 _NOT_HERE = {"json": "--json", "debug": "--debug", "verbose": "-v/--verbose"}
@@ -55,12 +55,7 @@ def _preflight(args: argparse.Namespace) -> None:
 
 def run_then(args: argparse.Namespace) -> ConvertOutcome:
     """The main flow on the exported model, exactly as ``convert`` runs it."""
-    from converter.cli import backend_text
+    from converter.cli import request_from_args
     from converter.plugin_manager import load_plugins
 
-    req = ConvertRequest(
-        model=args.model, pipeline=args.passes, backend=backend_text(args), output=args.output, golden=args.golden,
-        precision=args.precision, verify=args.verify, inputs=args.inputs, input_shapes=args.input_shapes,
-        check=args.check, keep_failed=args.keep_failed, seed=args.seed,
-    )
-    return convert(req, load_plugins())
+    return convert(request_from_args(args), load_plugins())
