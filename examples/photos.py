@@ -18,13 +18,19 @@ STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 # (package, folder inside it, file)
 PHOTOS = {
-    "page": ("skimage", "data", "page.png"),
-    "text": ("skimage", "data", "text.png"),
-    "astronaut": ("skimage", "data", "astronaut.png"),
-    "chelsea": ("skimage", "data", "chelsea.png"),
-    "coffee": ("skimage", "data", "coffee.png"),
-    "rocket": ("skimage", "data", "rocket.jpg"),
+    name: ("skimage", "data", file)
+    for name, file in {
+        "page": "page.png", "text": "text.png", "astronaut": "astronaut.png", "chelsea": "chelsea.png",
+        "coffee": "coffee.png", "rocket": "rocket.jpg", "motorcycle": "motorcycle_left.png", "horse": "horse.png",
+        "retina": "retina.jpg", "hubble": "hubble_deep_field.jpg", "brick": "brick.png", "grass": "grass.png",
+        "gravel": "gravel.png", "color": "color.png", "camera": "camera.png", "coins": "coins.png",
+        "moon": "moon.png", "cell": "cell.png", "ihc": "ihc.png", "logo": "logo.png", "clock": "clock_motion.png",
+        "motorcycle_right": "motorcycle_right.png", "chessboard": "chessboard_RGB.png", "microaneurysms": "microaneurysms.png",
+    }.items()
 }
+# photos for calibration and, disjoint from them, for evaluation (scenes and objects mixed in both)
+CALIBRATION_PHOTOS = ("astronaut", "coffee", "motorcycle", "retina", "brick", "gravel", "camera", "moon", "ihc", "clock", "page", "chessboard")
+EVALUATION_PHOTOS = ("chelsea", "rocket", "horse", "hubble", "grass", "color", "coins", "cell", "logo", "motorcycle_right", "text", "microaneurysms")
 
 
 def photo_path(name: str) -> Path:
@@ -79,4 +85,26 @@ def ocr_cls_batch(name: str = "text", boxes: tuple[tuple[int, int, int, int], ..
             padded = np.zeros((48, 192, 3), dtype=np.float32)
             padded[:, :rw] = im
             items.append(padded.transpose(2, 0, 1)[None])
+    return np.concatenate(items)
+
+
+def views(rgb: np.ndarray, count: int, seed: int) -> list[np.ndarray]:
+    """``count`` square crops (random position, 60-100% of the short side) with random horizontal flips, as uint8 RGB."""
+    rng = np.random.default_rng(seed)
+    h, w = rgb.shape[:2]
+    out = []
+    for _ in range(count):
+        side = int(min(h, w) * rng.uniform(0.6, 1.0))
+        top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        crop = rgb[top : top + side, left : left + side]
+        out.append(np.ascontiguousarray(crop[:, ::-1] if rng.random() < 0.5 else crop))
+    return out
+
+
+def imagenet_batch(names: tuple[str, ...] | list[str], per_photo: int, seed: int, preprocess) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Crops and flips of real photos, each run through ``preprocess`` (uint8 RGB -> 1xCxHxW float32)."""
+    items = []
+    for i, name in enumerate(names):
+        for view in views(load_rgb(name), per_photo, seed * 1000 + i):
+            items.append(preprocess(view))
     return np.concatenate(items)
