@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from converter.errors import EXIT_OK, UsageError
 from converter.feeds import Feeds, check_feeds, load_npz, seeded_feeds

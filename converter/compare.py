@@ -107,6 +107,9 @@ class Comparison:
 
 
 def _topk_agreement(actual: np.ndarray, ref: np.ndarray, k: int) -> float:
+    # NaN ranks lowest in both (argmax and argsort disagree about NaN otherwise)
+    actual = np.where(np.isnan(actual), -np.inf, actual)
+    ref = np.where(np.isnan(ref), -np.inf, ref)
     ref_top = np.argmax(ref, axis=-1)
     act_topk = np.argsort(-actual, axis=-1)[..., :k]
     return float(np.mean(np.any(act_topk == ref_top[..., None], axis=-1)))

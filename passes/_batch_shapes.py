@@ -60,15 +60,14 @@ def _collect(model: onnx.ModelProto, shapes: dict[str, Dims], types: dict[str, i
 
 
 def _symbolic_fill(skel: onnx.ModelProto, shapes: dict[str, Dims], types: dict[str, int]) -> None:
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    from converter.symbolic_shapes import symbolic_infer
 
     try:
-        out = SymbolicShapeInference.infer_shapes(skel, int_max=2**31 - 1, auto_merge=False, guess_output_rank=False, verbose=0)
+        out = symbolic_infer(skel, auto_merge=False)
     except Exception as exc:  # a second opinion only: the analysis refuses where shapes stay unknown
         log.info("dynamic_batch: ONNX Runtime symbolic shape inference failed (%s); unknown shapes stay unknown", " ".join(str(exc).split())[:200])
         return
-    if out is not None:
-        _collect(out, shapes, types)
+    _collect(out, shapes, types)
 
 
 def _observed_fill(model: onnx.ModelProto, missing: list[str], shapes: dict[str, Dims], types: dict[str, int]) -> None:

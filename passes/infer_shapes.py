@@ -8,7 +8,6 @@ Reshape/Concat arithmetic and knows ORT's contrib ops.
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ import onnx
 from converter.errors import PassFailed, describe_exception
 from converter.model_io import PROTOBUF_LIMIT, write_model
 from converter.pass_api import Pass, PassContext, PassResult
+from converter.symbolic_shapes import symbolic_infer
 
 
 @dataclass(frozen=True)
@@ -52,14 +52,7 @@ def _onnx_infer(model: onnx.ModelProto, data_prop: bool) -> onnx.ModelProto:
 
 
 def _symbolic_infer(model: onnx.ModelProto, auto_merge: bool) -> onnx.ModelProto:
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-    # on incomplete inference ORT saves "sym_shape_infer_temp.onnx" into the current folder: keep it out of the user's
-    with tempfile.TemporaryDirectory(prefix="converter-symbolic-") as tmp, contextlib.chdir(tmp):
-        out = SymbolicShapeInference.infer_shapes(model, int_max=2**31 - 1, auto_merge=auto_merge, guess_output_rank=False, verbose=0)
-    if out is None:
-        raise RuntimeError("symbolic shape inference could not complete")
-    return out
+    return symbolic_infer(model, auto_merge)
 
 
 class InferShapesPass(Pass[InferShapesOptions]):

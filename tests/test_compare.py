@@ -51,3 +51,10 @@ def test_integer_outputs_compare_exactly() -> None:
     other = np.arange(10, dtype=np.int64)
     other[0] = 5
     assert not compare({"idx": other}, ref)
+
+
+def test_top1_ignores_nan_consistently() -> None:
+    x = REF["logits"].copy()
+    x[2, 4] = np.nan
+    result = compare({"logits": x}, {"logits": x}, Tolerance(atol=None, rtol=None, min_cosine=None, min_top1=1.0))
+    assert result.outputs[0].top1 == 1.0
