@@ -11,7 +11,9 @@ def converter_register_passes(registry: PassRegistry) -> None:
     from converter.passes.cleanup import CleanupPass
     from converter.passes.dynamic_batch import DynamicBatchPass
     from converter.passes.fold_constants import FoldConstantsPass
+    from converter.passes.fp16 import Fp16Pass
     from converter.passes.infer_shapes import InferShapesPass
+    from converter.passes.qdq import QdqPass
     from converter.passes.simplify import SimplifyPass
 
     registry.add(InferShapesPass)
@@ -19,3 +21,5 @@ def converter_register_passes(registry: PassRegistry) -> None:
     registry.add(DynamicBatchPass)
     registry.add(SimplifyPass)
     registry.add(FoldConstantsPass)
+    registry.add(QdqPass)
+    registry.add(Fp16Pass)

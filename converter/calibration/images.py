@@ -176,6 +176,7 @@ def preprocess_image(path: Path, spec: Preprocess, dtype: np.dtype) -> np.ndarra
 
 
 class ImageFolderSource(CalibSource):
+    read_first = True
     def __init__(self, folder: Path, spec_text: str | None, input_names: list[str], input_dtypes: Mapping[str, str]) -> None:
         raw = {**_read_spec_file(folder), **parse_spec_text(spec_text or "")}
         self.spec = build_preprocess(raw)

@@ -34,6 +34,8 @@ class CalibSource(ABC):
     """Calibration samples; iterable several times (the collector may run in several chunks)."""
 
     description: str = "calibration data"
+    read_first: bool = False
+    """Validation also reads the first item (image decoding and cropping can fail where headers cannot)."""
 
     @abstractmethod
     def batches(self, size: int) -> Iterator[Feeds]:
@@ -109,12 +111,13 @@ def validate(source: CalibSource, specs: Sequence[TensorSpec]) -> None:
     """Check ``source`` against the model inputs before calibration starts (reads at most one item)."""
     where = f"--calib-data {source.description}"
     declared = source.declared()
-    if declared is None:
+    if declared is not None:
+        check_declared(declared, specs, where)
+    if declared is None or source.read_first:
         first = next(iter(source.batches(1)), None)
         if first is None:
             raise UsageError(f"{where}: it yields no samples")
-        declared = declared_of(first, where)
-    check_declared(declared, specs, where)
+        check_declared(declared_of(first, where), specs, where)
     count = source.sample_count()
     if count == 0:
         raise UsageError(f"{where}: it holds no samples")

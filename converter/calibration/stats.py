@@ -71,10 +71,10 @@ class TensorStats:
             self.limit = batch_amax
         while batch_amax > self.limit:
             self._double()
-        scale = np.float32(self.bins / self.limit)
-        idx = (np.abs(x.astype(np.float32, copy=False)).ravel() * scale).astype(np.int64)
-        np.minimum(idx, self.bins - 1, out=idx)
-        self.hist += np.bincount(idx, minlength=self.bins)
+        t = np.abs(x.ravel().astype(np.float32, copy=False))  # float32, in place: values within float32
+        t *= np.float32(self.bins / self.limit)  # rounding of a bin edge may land in the neighbour bin
+        np.minimum(t, np.float32(self.bins - 1), out=t)
+        self.hist += np.bincount(t.astype(np.intp), minlength=self.bins)
 
     def _double(self) -> None:
         """Twice the range, same bin count: bins 2k and 2k+1 merge into bin k."""
