@@ -7,11 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import onnx
+
 from converter.backend_api import Artifact, Backend, EmitContext
 from converter.errors import BackendUnavailable, CheckFailed, UsageError
 from converter.feeds import Feeds, check_feeds, load_npz, parse_shapes, seeded_feeds
 from converter.golden import CaseResult, check_case, load_case
-from converter.graph_info import graph_inputs
+from converter.graph_info import graph_inputs, iter_graphs
 from converter.model_io import LoadedModel, atomic_outputs, commit, ensure_not_input, load_model
 from converter.options import build_options
 from converter.pass_manager import VerifySpec, build_passes, check_input_model, run_pipeline
@@ -94,12 +96,12 @@ def convert(req: ConvertRequest, plugins: Plugins) -> ConvertOutcome:
         raise UsageError(f"output {out} is a directory; give a file path with -o")
     ensure_not_input(out, protected)
     case = load_case(req.golden) if req.golden is not None else None
-    precision = req.precision or _pipeline_precision(passes)
     if req.check:
         check_input_model(loaded.proto, str(loaded.path))
     verify = VerifySpec(verify_feeds(req, loaded), {}, input_shapes=parse_shapes(req.input_shapes) or None) if req.verify else None
     model, report = run_pipeline(loaded.proto, passes, check=req.check, verify=verify, seed=req.seed, model_dir=str(loaded.path.parent), calib_data=req.calib_data, calib_random=req.calib_random)
     outcome = ConvertOutcome(loaded, report, None)
+    precision = req.precision or _lowest_precision([_pipeline_precision(passes), model_precision(model)])
     pipeline_text = ",".join(format_step(s) for s in steps)
     with atomic_outputs(out.parent) as staging:
         ctx = EmitContext(staging=staging, file_name=out.name, log=logging.getLogger(f"converter.backend.{backend.name}"), source_sha256=loaded.sha256, pipeline=pipeline_text, external_data=loaded.has_external_data)
@@ -122,10 +124,28 @@ def convert(req: ConvertRequest, plugins: Plugins) -> ConvertOutcome:
     return outcome
 
 
+_ORDER = ["fp32", "fp16", "int8"]
+
+
+def _lowest_precision(found: list[str]) -> str:
+    return max(found, key=_ORDER.index) if found else "fp32"
+
+
 def _pipeline_precision(passes: list) -> str:
-    order = ["fp32", "fp16", "int8"]
-    found = [p.output_precision for p in passes if p.output_precision]
-    return max(found, key=order.index) if found else "fp32"
+    return _lowest_precision([p.output_precision for p in passes if p.output_precision])
+
+
+def model_precision(model: onnx.ModelProto) -> str:
+    """What the graph itself says: Q/DQ nodes mean int8 tolerances, float16 tensors fp16 ones."""
+    nodes = [n for g in iter_graphs(model.graph) for n in g.node]
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in nodes):
+        return "int8"
+    fp16 = onnx.TensorProto.FLOAT16
+    if any(t.data_type == fp16 for g in iter_graphs(model.graph) for t in g.initializer) or any(
+        n.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in n.attribute) for n in nodes
+    ):
+        return "fp16"
+    return "fp32"
 
 
 class GoldenFailed(CheckFailed):
@@ -135,6 +155,7 @@ class GoldenFailed(CheckFailed):
         g = outcome.golden
         assert g is not None
         failed = sorted({o for _, c in g.data_sets for o in c.failed_outputs()})
-        kept = "kept at " + str(outcome.written[-1]) if outcome.written else "not written (pass --keep-failed to keep it)"
+        main = [p for p in outcome.written if not p.name.endswith(".manifest.json")]
+        kept = "kept at " + str(main[0]) if main else "not written (pass --keep-failed to keep it)"
         super().__init__(f"golden check failed for case '{g.case}' at {g.precision}: {', '.join(failed)}; artifact {kept}")
         self.outcome = outcome

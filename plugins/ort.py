@@ -12,6 +12,7 @@ from converter.backend_api import Artifact, Availability, Backend, EmitContext, 
 from converter.errors import BackendError, BackendUnavailable
 from converter.hookspecs import hookimpl
 from converter.model_io import PROTOBUF_LIMIT
+from converter.plugins.ort_lowering import lower_for_ort_cpu
 from converter.ort_session import make_session, session_options
 from converter.registry import BackendRegistry
 
@@ -24,6 +25,10 @@ class OrtOptions:
         metadata={"help": "graph optimizations baked into the artifact; 'all' adds layout changes tied to this CPU's instruction set"},
     )
     threads: int = field(default=0, metadata={"help": "intra-op threads of the runner (0: ORT decides)"})
+    lower_qdq: bool = field(
+        default=True,
+        metadata={"help": "re-express Q/DQ after Relu/ReLU6 as uint8 (same range, finer steps) so ORT's CPU kernels fuse QLinearConv"},
+    )
     provider_options: str | None = field(
         default=None,
         metadata={"help": "passed to the providers: 'Provider.key=value;...', e.g. TensorrtExecutionProvider.trt_fp16_enable=1;CUDAExecutionProvider.device_id=0"},
@@ -78,6 +83,12 @@ class OrtBackend(Backend[OrtOptions]):
         import onnxruntime as ort
 
         self.preflight()
+        lowered: list[str] = []
+        if self.options.lower_qdq and any(n.op_type == "QuantizeLinear" for n in model.graph.node):
+            lowering = lower_for_ort_cpu(model)
+            model, lowered = lowering.model, lowering.lowered
+            if lowered:
+                ctx.log.info("ort: %d activation Q/DQ pairs after Relu/Clip lowered to uint8 for ORT's fused kernels", len(lowered))
         out = ctx.staging / ctx.file_name
         so = session_options(self.options.threads, self.options.opt_level)
         so.optimized_model_filepath = str(out)
@@ -103,6 +114,7 @@ class OrtBackend(Backend[OrtOptions]):
                 "opt_level": self.options.opt_level,
                 "threads": self.options.threads,
                 "portable": self.options.opt_level in ("disable", "basic", "extended"),
+                "qdq_lowered_to_uint8": len(lowered),
             },
         )
         return Artifact(self.name, out, manifest, files)
