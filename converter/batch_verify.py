@@ -25,6 +25,7 @@ from converter.compare import Comparison, Tolerance, compare
 from converter.feeds import Feeds, seeded_feeds
 from converter.graph_info import graph_inputs, graph_outputs
 from converter.ort_session import make_session, run_session
+from converter.text_table import table_lines
 
 BATCH_TOLERANCE = Tolerance(atol=1e-5, rtol=0.0, min_cosine=0.99999, min_top1=None)
 """Max abs error <= 1e-5 times the output's scale (max |reference|); nothing relative per element."""
@@ -90,9 +91,7 @@ class BatchCheck:
                     f"{o.max_abs:.3g}", f"{o.needed_atol:.3g}", f"{o.cosine:.7f}",
                     "ok" if o.passed else "FAIL: " + "; ".join(o.problems),
                 ])
-        widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
-        lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+        lines = table_lines(head, rows)
         t = self.tolerance
         lines.append(f"batch N vs N stacked batch-1 runs: atol={t.atol} (x output scale) rtol={t.rtol} min_cosine={t.min_cosine}: {'passed' if self else 'FAILED'}")
         return "\n".join(lines)

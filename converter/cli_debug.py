@@ -19,6 +19,7 @@ from typing import Any
 
 from converter.errors import EXIT_OK, UsageError
 from converter.feeds import Feeds, check_feeds, load_npz, seeded_feeds
+from converter.text_table import table_lines
 
 log = logging.getLogger("converter.debug")
 
@@ -126,10 +127,9 @@ def render(report, top: int, threshold: float) -> str:
     for i, e in enumerate(report.ranked()[:top], 1):
         readers = ", ".join(e.consumers[:3]) + (f" (+{len(e.consumers) - 3})" if len(e.consumers) > 3 else "")
         rows.append([str(i), e.tensor, e.kind, f"{e.cosine:.6f}", _fmt(e.rel_l2), _fmt(e.max_abs), _fmt(e.own_rel_l2), e.problem or readers])
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
     lines = [f"{report.mode} model: {len(report.errors)} tensors compared on {report.samples} samples, ranked by "
              f"{'own quantization' if report.sort == 'own' else 'accumulated'} error (relative L2)"]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *rows]]
+    lines += table_lines(head, rows)
     if report.unmapped:
         lines.append(f"{len(report.unmapped)} DequantizeLinear outputs have no float counterpart: {', '.join(report.unmapped[:5])}")
     exclude = report.suggest_exclude(top, threshold)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from converter.pass_api import Precision
+from converter.text_table import table_lines
 
 
 @dataclass(frozen=True)
@@ -98,9 +99,7 @@ class Comparison:
                 f"{o.needed_atol:.3g}",
                 "ok" if o.passed else "FAIL: " + "; ".join(o.problems),
             ])
-        widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
-        lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+        lines = table_lines(head, rows)
         tol = self.tolerance
         lines.append(f"tolerance ({self.precision}): atol={tol.atol} (x output scale) rtol={tol.rtol} min_cosine={tol.min_cosine} min_top1={tol.min_top1}")
         return "\n".join(lines)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from converter.compare import Comparison
+from converter.text_table import table_lines
 
 
 @dataclass
@@ -59,9 +60,7 @@ class PipelineReport:
             if r.verify is not None:
                 verify += f" (cos {min(o.cosine for o in r.verify.outputs):.6f})" if r.verify.outputs else ""
             rows.append([r.name, f"{r.seconds * 1000:.1f} ms", f"{r.nodes_before}->{r.nodes_after}", "yes" if r.modified else "no", delta, verify])
-        widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
-        lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+        lines = table_lines(head, rows)
         for r in self.records:
             if r.batch_check is not None:
                 lines.append(f"{r.name}: batch check (batch N vs N stacked batch-1 runs): {'ok' if r.batch_check else 'FAILED'}")
