@@ -27,7 +27,7 @@ class OrtOptions:
     threads: int = field(default=0, metadata={"help": "intra-op threads of the runner (0: ORT decides)"})
     lower_qdq: bool = field(
         default=True,
-        metadata={"help": "re-express Q/DQ after Relu/ReLU6 as uint8 (same range, finer steps) so ORT's CPU kernels fuse QLinearConv"},
+        metadata={"help": "activation Q/DQ as uint8 for ORT's CPU kernels: after Relu/ReLU6 zero point 0 (same range, finer steps), else zero point 128 (same grid)"},
     )
     provider_options: str | None = field(
         default=None,
@@ -86,9 +86,8 @@ class OrtBackend(Backend[OrtOptions]):
         lowered: list[str] = []
         if self.options.lower_qdq and any(n.op_type == "QuantizeLinear" for n in model.graph.node):
             lowering = lower_for_ort_cpu(model)
-            model, lowered = lowering.model, lowering.lowered
-            if lowered:
-                ctx.log.info("ort: %d activation Q/DQ pairs after Relu/Clip lowered to uint8 for ORT's fused kernels", len(lowered))
+            model, lowered = lowering.model, [*lowering.lowered, *lowering.shifted]
+            ctx.log.info("ort: activation Q/DQ pairs as uint8 for ORT's fused kernels: %d after Relu/Clip (zero point 0), %d shifted (zero point 128)", len(lowering.lowered), len(lowering.shifted))
         out = ctx.staging / ctx.file_name
         so = session_options(self.options.threads, self.options.opt_level)
         so.optimized_model_filepath = str(out)

@@ -40,21 +40,33 @@ def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 def test_relu6_output_goes_uint8_and_stays_accurate() -> None:
     model = _conv_relu_qdq_conv()
     low = lower_for_ort_cpu(model)
-    assert low.lowered == ["r1"]
+    assert low.lowered == ["r1"] and low.shifted == ["x"]
     onnx.checker.check_model(low.model, full_check=True)
     q1 = next(n for n in low.model.graph.node if n.output[0] == "q1")
     inits = {t.name: numpy_helper.to_array(t) for t in low.model.graph.initializer}
     assert inits[q1.input[2]].dtype == np.uint8 and int(inits[q1.input[2]]) == 0
     assert np.isclose(float(inits[q1.input[1]]), 4.0 / 255)
     xq = next(n for n in low.model.graph.node if n.output[0] == "xq")
-    assert inits[xq.input[2]].dtype == np.int8, "a pair that is not after Relu/Clip(min>=0) is left alone"
-    assert "s" not in inits and "z" in inits, "unread int8 parameters are removed, shared ones kept"
+    assert inits[xq.input[2]].dtype == np.uint8 and int(inits[xq.input[2]]) == 128, "other pairs: same grid as uint8/128"
+    assert np.isclose(float(inits[xq.input[1]]), 2.0 / 127)
+    assert "s" not in inits and "z" not in inits, "unread int8 parameters are removed"
     assert model.graph.node[4].input[1] == "s", "the input model is not changed"
     x = np.random.default_rng(1).uniform(-2, 2, (2, 3, 16, 16)).astype(np.float32)
     reference = _run(_drop_qdq(model), x)
     err_canonical = np.abs(_run(model, x) - reference).mean()
     err_lowered = np.abs(_run(low.model, x) - reference).mean()
     assert err_lowered <= err_canonical  # same range [0, amax], finer steps
+
+
+def test_shift_to_uint8_128_is_exact() -> None:
+    """int8/0 -> uint8/128 with the same scale is the same quantization grid: identical outputs."""
+    model = _conv_relu_qdq_conv()
+    model.graph.node[3].op_type = "Sin"  # not non-negative: the pair after it is only shifted
+    del model.graph.node[3].input[1:]
+    low = lower_for_ort_cpu(model)
+    assert low.lowered == [] and sorted(low.shifted) == ["r1", "x"]
+    x = np.random.default_rng(2).uniform(-3, 3, (2, 3, 16, 16)).astype(np.float32)
+    np.testing.assert_allclose(_run(low.model, x), _run(model, x), rtol=0, atol=1e-5)
 
 
 def _drop_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
