@@ -33,6 +33,7 @@ demo: $(VENV)/.demo-installed
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/bench_simplify.py
+	$(BIN)/python bench/bench_quant.py
 
 clean:
 	rm -rf $(VENV) build
