@@ -45,7 +45,7 @@ def convert_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="convert",
         description="Run passes over an ONNX model and emit a runnable artifact through a backend.",
-        epilog="subcommands: convert passes|backends|plugins, convert inspect MODEL, convert golden record|check (each has --help). "
+        epilog="subcommands: convert passes|backends|plugins, convert inspect MODEL, convert golden record|check, convert check MODEL -b tensorrt, convert export SPEC, convert debug accuracy (each has --help). "
         "Exit codes: 0 ok, 1 check failed, 2 usage/bad input, 3 backend unavailable, 4 internal error.",
     )
     p.add_argument("model", type=Path, help="input .onnx model (never modified)")
