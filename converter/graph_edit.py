@@ -41,6 +41,16 @@ def node_inputs(node: onnx.NodeProto) -> list[str]:
     return names
 
 
+def unique_name(base: str, taken: set[str]) -> str:
+    """``base``, or ``base_1``, ``base_2``, ... whichever is free first; the name is added to ``taken``."""
+    name, k = base, 0
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    taken.add(name)
+    return name
+
+
 def replace_repeated(field: Any, items: Sequence[Any]) -> None:
     """Make a protobuf repeated message field hold exactly ``items`` (copied first: they may live in it)."""
     copies = []

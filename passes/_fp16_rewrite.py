@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from converter.graph_edit import node_inputs, rename_all_uses
+from converter.graph_edit import node_inputs, rename_all_uses, unique_name
 from converter.passes._fp16_policy import FLOAT, FLOAT16, Flexible, NodePlan, Want, has_subgraph
 
 
@@ -45,12 +45,7 @@ class Emitter:
         """Graph outputs kept float32 whose float16 producer now writes another name: output -> that name."""
 
     def fresh(self, base: str) -> str:
-        name, k = base, 0
-        while name in self.taken:
-            k += 1
-            name = f"{base}_{k}"
-        self.taken.add(name)
-        return name
+        return unique_name(base, self.taken)
 
     def source(self, tensor: str) -> None:
         """A graph input or constant: it holds its home precision under its own name."""

@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from converter.graph_edit import unique_name
 from converter.passes._qdq_placement import NodePlan
 from converter.passes._qdq_weights import quantize_weight, read_constant
 
@@ -31,11 +32,7 @@ class Names:
             self.used.add(n.name)
 
     def fresh(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.used:
-            name, k = f"{base}_{k}", k + 1
-        self.used.add(name)
-        return name
+        return unique_name(base, self.used)
 
 
 @dataclass

@@ -18,6 +18,8 @@ from onnx import numpy_helper
 
 from converter.compare import Tolerance, compare
 from converter.errors import UsageError
+from converter.feeds import seeded_feeds as make_feeds
+from converter.graph_info import graph_inputs
 from converter.ort_session import make_session, run_session
 from converter.pass_api import PassContext
 from converter.pass_manager import build_passes, run_pipeline
@@ -39,16 +41,7 @@ def ops(model: onnx.ModelProto) -> list[str]:
 
 
 def seeded_feeds(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    inits = {t.name for t in model.graph.initializer}
-    feeds = {}
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        dims = [d.dim_value for d in vi.type.tensor_type.shape.dim]
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
-        feeds[vi.name] = rng.standard_normal(dims).astype(dtype)
-    return feeds
+    return make_feeds(graph_inputs(model), seed=0)
 
 
 def assert_same_on_ort(before: onnx.ModelProto, after: onnx.ModelProto, atol: float = 0.0, rtol: float = 0.0) -> None:

@@ -23,7 +23,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from converter.errors import ModelError, describe_exception
-from converter.graph_edit import replace_repeated
+from converter.graph_edit import replace_repeated, unique_name
 from converter.graph_info import iter_graphs
 
 log = logging.getLogger("converter.export")
@@ -79,12 +79,7 @@ class _Names:
         self.used = {n for g in iter_graphs(model.graph) for n in [*(i.name for i in g.initializer), *(x for node in g.node for x in [*node.input, *node.output, node.name])]}
 
     def new(self, base: str) -> str:
-        name, i = base, 0
-        while name in self.used:
-            i += 1
-            name = f"{base}_{i}"
-        self.used.add(name)
-        return name
+        return unique_name(base, self.used)
 
 
 def _static_sizes(n: int, k: int, where: str) -> list[int]:
