@@ -12,6 +12,7 @@ import json
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -51,13 +52,21 @@ class TensorSpec:
         return cls(d["name"], d["dtype"], tuple(d["shape"]))
 
 
+class Severity(StrEnum):
+    """How bad a lint finding is."""
+
+    ERROR = "error"
+    """The backend will reject the model."""
+    WARNING = "warning"
+    """It will run, slower or with a cast."""
+
+
 @dataclass(frozen=True)
 class Finding:
     """One lint finding: what a backend will reject or run slowly, and where."""
 
     rule: str
-    severity: str
-    """"error" (the backend will reject the model) or "warning" (it will run, slower or with a cast)."""
+    severity: Severity
     node: str
     """The node (or tensor / "model") the finding is about."""
     message: str
@@ -66,7 +75,7 @@ class Finding:
         return f"{self.severity}: {self.rule}: {self.node}: {self.message}"
 
     def to_json(self) -> dict[str, str]:
-        return {"rule": self.rule, "severity": self.severity, "node": self.node, "message": self.message}
+        return {"rule": self.rule, "severity": self.severity.value, "node": self.node, "message": self.message}
 
 
 @dataclass

@@ -12,11 +12,13 @@ import onnx
 from converter.backend_api import Artifact, Backend, EmitContext
 from converter.errors import BackendUnavailable, CheckFailed, UsageError
 from converter.feeds import Feeds, check_feeds, load_npz, parse_shapes, seeded_feeds
+from converter.flags import PassInputs
 from converter.golden import CaseResult, check_case, load_case
 from converter.graph_info import graph_inputs, iter_graphs
+from converter.instruments import BatchStacking, Verify, standard_instruments
 from converter.model_io import LoadedModel, atomic_outputs, commit, ensure_not_input, load_model
 from converter.options import build_options
-from converter.pass_manager import VerifySpec, build_passes, check_input_model, run_pipeline
+from converter.pass_manager import build_passes, check_input_model, run_pipeline
 from converter.pipeline_text import format_step, parse_pipeline, parse_step
 from converter.plugin_manager import Plugins
 from converter.report import PipelineReport
@@ -38,8 +40,8 @@ class ConvertRequest:
     check: bool = True
     keep_failed: bool = False
     seed: int = 0
-    calib_data: str | None = None
-    calib_random: bool = False
+    pass_inputs: dict[str, Any] = field(default_factory=dict)
+    """Values of plugin-registered pass inputs (``--calib-data`` ...), by key: what passes read as ``ctx.inputs``."""
 
 
 @dataclass
@@ -98,8 +100,12 @@ def convert(req: ConvertRequest, plugins: Plugins) -> ConvertOutcome:
     case = load_case(req.golden) if req.golden is not None else None
     if req.check:
         check_input_model(loaded.proto, str(loaded.path))
-    verify = VerifySpec(verify_feeds(req, loaded), {}, input_shapes=parse_shapes(req.input_shapes) or None) if req.verify else None
-    model, report = run_pipeline(loaded.proto, passes, check=req.check, verify=verify, seed=req.seed, model_dir=str(loaded.path.parent), calib_data=req.calib_data, calib_random=req.calib_random)
+    instruments = standard_instruments(
+        check=req.check,
+        verify=Verify(verify_feeds(req, loaded)) if req.verify else None,
+        batch=BatchStacking(input_shapes=parse_shapes(req.input_shapes) or None, seed=req.seed) if req.verify else None,
+    )
+    model, report = run_pipeline(loaded.proto, passes, instruments=instruments, seed=req.seed, model_dir=str(loaded.path.parent), inputs=PassInputs(req.pass_inputs))
     outcome = ConvertOutcome(loaded, report, None)
     precision = req.precision or _lowest_precision([_pipeline_precision(passes), model_precision(model)])
     pipeline_text = ",".join(format_step(s) for s in steps)

@@ -3,6 +3,19 @@
 User-facing errors derive from :class:`ConverterError` and carry a one-line
 message that says what is wrong and what to do. Anything else that escapes is a
 bug of ours and exits with :data:`EXIT_INTERNAL`.
+
+The vocabulary for pass (and backend) authors, all a pass ever needs:
+
+- raise :class:`PassRefused` when the *model* cannot be handled (an op you do not
+  support, a graph you cannot transform safely): exit 2, the pass manager adds
+  the pass name and the passes before it;
+- raise :class:`UsageError` when the *user's input* is wrong (an option value that
+  does not fit this model, calibration data with the wrong shape): exit 2;
+- any other exception is a bug (exit 4, ``--debug`` shows the traceback). Do not
+  catch and re-wrap library errors as ``PassRefused`` unless the model is at fault.
+
+:class:`PassError` is the pass manager's wrapper around those; passes never raise it.
+Use :func:`describe_exception` for the one line about a library's exception.
 """
 
 from __future__ import annotations
@@ -73,8 +86,18 @@ class VerifyDrift(CheckFailed):
         self.report = report
 
 
-class PassFailed(ConverterError):
-    """Raised by a pass that refuses the model; the pass manager adds the pass name and history."""
+class PassRefused(ConverterError):
+    """Raised by a pass that refuses the model (exit 2); the pass manager adds the pass name and history."""
+
+
+def shorten(text: str, limit: int = 300) -> str:
+    """``text`` on one line, at most ``limit`` characters: the middle is cut, so both the start and the reason at the end stay."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    keep = max(limit - 5, 2)
+    head = keep // 2
+    return f"{text[:head]} ... {text[len(text) - (keep - head):]}"
 
 
 def describe_exception(exc: BaseException, limit: int = 300) -> str:
@@ -86,4 +109,4 @@ def describe_exception(exc: BaseException, limit: int = 300) -> str:
             tb = tb.tb_next
         where = f" at {tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno} ({tb.tb_frame.f_code.co_name})" if tb else ""
         text = f"{type(exc).__name__}{where}"
-    return text[:limit]
+    return shorten(text, limit)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-from converter.model_io import PROTOBUF_LIMIT, write_model
+from converter.onnx_calls import model_source
 
 
 def session_options(threads: int = 0, opt_level: str = "all", log_severity: int = 3) -> ort.SessionOptions:
@@ -35,12 +33,8 @@ def make_session(
 ) -> ort.InferenceSession:
     """A session on ``model``; models past protobuf's 2 GiB go through a temporary file with external data."""
     so = options or session_options()
-    if model.ByteSize() < PROTOBUF_LIMIT:
-        return ort.InferenceSession(model.SerializeToString(), sess_options=so, providers=list(providers), provider_options=list(provider_options) if provider_options else None)
-    with tempfile.TemporaryDirectory(prefix="converter-ort-") as tmp:
-        path = Path(tmp) / "model.onnx"
-        write_model(model, path, external_data=True)
-        return ort.InferenceSession(str(path), sess_options=so, providers=list(providers), provider_options=list(provider_options) if provider_options else None)
+    with model_source(model, "converter-ort-") as src:
+        return ort.InferenceSession(src, sess_options=so, providers=list(providers), provider_options=list(provider_options) if provider_options else None)
 
 
 def run_session(sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -12,10 +12,12 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import onnx
 
+from converter.flags import PassInputs
 from converter.options import NoOptions
 
 Precision = Literal["fp32", "fp16", "int8"]
@@ -34,17 +36,22 @@ class PassResult:
     """Things the pass chose not to do, each with its reason."""
 
 
+class Effect(Enum):
+    """What a pass may change besides node contents; instruments around passes are chosen by it."""
+
+    BATCH = "batch"
+    """Which dims are dynamic (the batch): ``--verify`` then proves batch N == N stacked batch-1 runs."""
+
+
 @dataclass
 class PassContext:
-    """What a pass may use besides the model: a logger, a seed, a work folder."""
+    """What a pass may use besides the model: a logger, a seed, the model's folder, user inputs."""
 
     log: logging.Logger
     seed: int = 0
     model_dir: str | None = None
-    calib_data: str | None = None
-    """``--calib-data``: an .npz, a folder of images with a preprocessing spec, or ``module:function``."""
-    calib_random: bool = False
-    """``--calib-random``: the user explicitly allowed seeded random calibration data."""
+    inputs: PassInputs = field(default_factory=PassInputs)
+    """Values of the flags plugins registered (``converter_add_options``), read as ``ctx.inputs.get(MY_INPUT)``."""
 
 
 class Pass(ABC, Generic[OptionsT]):
@@ -55,8 +62,8 @@ class Pass(ABC, Generic[OptionsT]):
     Options: ClassVar[type] = NoOptions
     output_precision: ClassVar[Precision | None] = None
     """Set by passes that lower precision (fp16, qdq): verification then uses that tolerance."""
-    changes_batch: ClassVar[bool] = False
-    """Set by passes that make the batch dimension dynamic: ``--verify`` then proves batch N == N stacked batch-1 runs."""
+    effects: ClassVar[frozenset[Effect]] = frozenset()
+    """What the pass changes besides node contents (e.g. ``{Effect.BATCH}``); instruments act on it."""
 
     def __init__(self, options: OptionsT) -> None:
         self.options = options

@@ -15,15 +15,19 @@ from typing import Any
 import pluggy
 
 from converter import hookspecs
+from converter.command_api import CommandRegistry
 from converter.errors import ConverterError
+from converter.flags import OptionRegistry
 from converter.registry import BackendRegistry, PassRegistry
 
 BUILTIN_PLUGINS = (
+    "converter.commands",
+    "converter.export",
+    "converter.debug",
     "converter.passes",
-    "converter.plugins.ort",
-    "converter.plugins.onnx_file",
-    "converter.plugins.tensorrt",
+    "converter.plugins",
 )
+"""Folders that register their own contents (subcommands, passes, backends, flags); nothing finer."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,8 @@ class Plugins:
 
     passes: PassRegistry
     backends: BackendRegistry
+    commands: CommandRegistry = field(default_factory=CommandRegistry)
+    options: OptionRegistry = field(default_factory=OptionRegistry)
     loaded: list[str] = field(default_factory=list)
     failures: list[PluginFailure] = field(default_factory=list)
 
@@ -82,26 +88,33 @@ class PluginManager:
 
     def collect(self) -> Plugins:
         """Call the registration hooks plugin by plugin, so a failure is pinned on its plugin."""
-        passes, backends = PassRegistry(), BackendRegistry()
+        passes, backends, commands, options = PassRegistry(), BackendRegistry(), CommandRegistry(), OptionRegistry()
+        hooks: tuple[tuple[str, Any], ...] = (
+            ("converter_register_passes", passes),
+            ("converter_register_backends", backends),
+            ("converter_register_commands", commands),
+            ("converter_add_options", options),
+        )
         loaded = []
         for name, plugin in self._sources:
             source = name.split(":", 1)[0] if name.startswith("builtin:") else name
-            passes.current_source = backends.current_source = source
-            saved = (passes.snapshot(), backends.snapshot())
+            saved = []
+            for _, registry in hooks:
+                registry.current_source = source
+                saved.append(registry.snapshot())
             try:
-                for hook_name, registry in (("converter_register_passes", passes), ("converter_register_backends", backends)):
+                for hook_name, registry in hooks:
                     hook = getattr(self._pm.hook, hook_name)
-                    impls = [i for i in hook.get_hookimpls() if i.plugin is plugin]
-                    for impl in impls:
+                    for impl in [i for i in hook.get_hookimpls() if i.plugin is plugin]:
                         impl.function(registry=registry)
                 loaded.append(name)
             except Exception as exc:
                 if name.startswith("builtin:"):
                     raise  # a broken built-in is our bug, not the user's
-                passes.restore(saved[0])
-                backends.restore(saved[1])
+                for (_, registry), snap in zip(hooks, saved):
+                    registry.restore(snap)
                 self.failures.append(PluginFailure(name, _describe(exc) if not isinstance(exc, ConverterError) else str(exc)))
-        return Plugins(passes=passes, backends=backends, loaded=loaded, failures=list(self.failures))
+        return Plugins(passes=passes, backends=backends, commands=commands, options=options, loaded=loaded, failures=list(self.failures))
 
 
 def load_plugins(*, entry_points_enabled: bool = True, extra: dict[str, Any] | None = None) -> Plugins:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,15 +11,28 @@ from converter.compare import Comparison
 from converter.text_table import table_lines
 
 
+def jsonable(value: Any) -> Any:
+    """Typed facts (dataclasses, enums, tuples) as plain JSON values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in value]
+    return value
+
+
 @dataclass
 class PassRecord:
     name: str
     options: dict[str, Any]
-    seconds: float
-    nodes_before: int
-    nodes_after: int
-    op_delta: dict[str, int]
     modified: bool
+    seconds: float = 0.0
+    nodes_before: int = 0
+    nodes_after: int = 0
+    op_delta: dict[str, int] = field(default_factory=dict)
     facts: dict[str, Any] = field(default_factory=dict)
     refused: list[str] = field(default_factory=list)
     verify: Comparison | None = None
@@ -33,7 +48,7 @@ class PassRecord:
             "nodes_after": self.nodes_after,
             "op_delta": self.op_delta,
             "modified": self.modified,
-            "facts": self.facts,
+            "facts": jsonable(self.facts),
             "refused": self.refused,
             "verify": None if self.verify is None else self.verify.to_json(),
             "batch_check": None if self.batch_check is None else self.batch_check.to_json(),

@@ -1,21 +1,28 @@
-"""Built-in passes, registered through the same hook third-party plugins use."""
+"""Built-in passes, registered through the same hooks third-party plugins use.
+
+Adding a built-in pass: a module here (or a package, when it needs more than one module,
+whose ``__init__`` is its public contract) and one ``registry.add`` line below. A pass that
+needs a value from the command line declares a :class:`~converter.flags.PassInput` and adds
+it in ``converter_add_options``; nothing in ``converter/`` changes.
+"""
 
 from __future__ import annotations
 
+from converter.calibration import CALIB_DATA, CALIB_RANDOM
+from converter.flags import OptionRegistry
 from converter.hookspecs import hookimpl
+from converter.passes.cleanup import CleanupPass
+from converter.passes.dynamic_batch import DynamicBatchPass
+from converter.passes.fold_constants import FoldConstantsPass
+from converter.passes.fp16 import Fp16Pass
+from converter.passes.infer_shapes import InferShapesPass
+from converter.passes.qdq import QdqPass
+from converter.passes.simplify import SimplifyPass
 from converter.registry import PassRegistry
 
 
 @hookimpl
 def converter_register_passes(registry: PassRegistry) -> None:
-    from converter.passes.cleanup import CleanupPass
-    from converter.passes.dynamic_batch import DynamicBatchPass
-    from converter.passes.fold_constants import FoldConstantsPass
-    from converter.passes.fp16 import Fp16Pass
-    from converter.passes.infer_shapes import InferShapesPass
-    from converter.passes.qdq import QdqPass
-    from converter.passes.simplify import SimplifyPass
-
     registry.add(InferShapesPass)
     registry.add(CleanupPass)
     registry.add(DynamicBatchPass)
@@ -23,3 +30,9 @@ def converter_register_passes(registry: PassRegistry) -> None:
     registry.add(FoldConstantsPass)
     registry.add(QdqPass)
     registry.add(Fp16Pass)
+
+
+@hookimpl
+def converter_add_options(registry: OptionRegistry) -> None:
+    registry.add_pass_input(CALIB_DATA)  # read by qdq
+    registry.add_pass_input(CALIB_RANDOM)

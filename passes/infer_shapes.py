@@ -8,15 +8,13 @@ Reshape/Concat arithmetic and knows ORT's contrib ops.
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import onnx
 
-from converter.errors import PassFailed, describe_exception
-from converter.model_io import PROTOBUF_LIMIT, write_model
+from converter.errors import PassRefused, describe_exception
+from converter.onnx_calls import infer_shapes
 from converter.pass_api import Pass, PassContext, PassResult
 from converter.symbolic_shapes import symbolic_infer
 
@@ -42,13 +40,7 @@ def _unknown_shapes(model: onnx.ModelProto) -> list[str]:
 
 
 def _onnx_infer(model: onnx.ModelProto, data_prop: bool) -> onnx.ModelProto:
-    if model.ByteSize() < PROTOBUF_LIMIT:
-        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=data_prop)
-    with tempfile.TemporaryDirectory(prefix="converter-shapes-") as tmp:
-        src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
-        write_model(model, src, external_data=True)
-        onnx.shape_inference.infer_shapes_path(str(src), str(dst), check_type=True, strict_mode=True, data_prop=data_prop)
-        return onnx.load(str(dst))
+    return infer_shapes(model, check_type=True, strict_mode=True, data_prop=data_prop)
 
 
 def _symbolic_infer(model: onnx.ModelProto, auto_merge: bool) -> onnx.ModelProto:
@@ -74,7 +66,7 @@ class InferShapesPass(Pass[InferShapesOptions]):
             hint = "; try infer_shapes{engine=onnx}" if opts.engine == "symbolic" else "; try infer_shapes{engine=symbolic}"
             message = f"{opts.engine} shape inference failed: {describe_exception(exc)}{hint}"
             if opts.strict:
-                raise PassFailed(message) from exc
+                raise PassRefused(message) from exc
             ctx.log.warning(message)
             return PassResult(model, False, facts={"error": message}, refused=[message + " (strict=false: model left unchanged)"])
         unknown = _unknown_shapes(inferred)

@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from converter.errors import ConverterError, UsageError
+from converter.errors import PassRefused, UsageError, describe_exception
 from converter.feeds import parse_shapes
 from converter.graph_edit import node_inputs
 from converter.graph_info import graph_inputs, node_count
@@ -68,10 +68,10 @@ class SimplifyOptions:
             raise ValueError(f"input_shapes: {exc}") from None
 
 
-class SimplifyFailed(ConverterError, RuntimeError):
+class SimplifyFailed(PassRefused, RuntimeError):
     """onnxsim could not simplify the model; the message is one line saying why.
 
-    A ConverterError (the model is not one onnxsim can take, not a bug of ours), and a RuntimeError.
+    A PassRefused (the model is not one onnxsim can take, not a bug of ours), and a RuntimeError.
     """
 
 
@@ -197,10 +197,6 @@ def _skipped(opts: SimplifyOptions) -> list[str] | None:
     return sorted(set(skipped))
 
 
-def _one_line(text: str, limit: int = 300) -> str:
-    return " ".join(text.split())[:limit]
-
-
 def run_onnxsim(model: onnx.ModelProto, opts: SimplifyOptions, ctx: PassContext) -> onnx.ModelProto:
     onnxsim = import_onnxsim(ctx)
     shapes = opts.shape_overrides() or None
@@ -223,7 +219,7 @@ def run_onnxsim(model: onnx.ModelProto, opts: SimplifyOptions, ctx: PassContext)
     for line in printed:
         ctx.log.debug("onnxsim: %s", line)
     if error is not None:
-        raise SimplifyFailed(f"onnxsim raised {type(error).__name__}: {_one_line(str(error))}") from error
+        raise SimplifyFailed(f"onnxsim raised {type(error).__name__}: {describe_exception(error)}") from error
     if not check_ok:
         raise SimplifyFailed(f"onnxsim's own check with {opts.check_n} random inputs found different outputs")
     return simplified

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import onnx
 
-from converter.artifacts import OrtRunner, base_manifest
+from converter.artifacts import base_manifest
 from converter.backend_api import Artifact, Availability, Backend, EmitContext, Runner
-from converter.hookspecs import hookimpl
 from converter.model_io import write_model
 from converter.options import NoOptions
-from converter.registry import BackendRegistry
+from converter.plugins.ort import OrtRunner
 
 
 class OnnxFileBackend(Backend[NoOptions]):
@@ -35,7 +34,3 @@ class OnnxFileBackend(Backend[NoOptions]):
     def load(self, artifact: Artifact) -> Runner:
         return OrtRunner(artifact.path)
 
-
-@hookimpl
-def converter_register_backends(registry: BackendRegistry) -> None:
-    registry.add(OnnxFileBackend)

@@ -12,8 +12,8 @@ import onnx
 import onnx.parser
 import pytest
 
-from converter.batch_verify import BATCH_TOLERANCE, BatchCheck, batch_axis, check_batch_stacking
 from converter.backend_api import TensorSpec
+from converter.batch_verify import BATCH_TOLERANCE, BatchCheck, batch_axis, check_batch_stacking
 from converter.feeds import seeded_feeds
 from converter.graph_info import graph_inputs
 

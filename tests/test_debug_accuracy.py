@@ -17,10 +17,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from converter.debug_accuracy import compare_layers
+from converter.debug.accuracy import compare_layers
 from converter.ort_session import make_session
 from converter.pass_api import PassContext
-from converter.passes.fp16 import Fp16Options, Fp16Pass
+from converter.passes.fp16._pass import Fp16Options, Fp16Pass
 
 DEPTH, WIDTH = 6, 16
 

@@ -189,7 +189,7 @@ def test_bad_input_exits_2_with_one_line(runs: dict, case: str) -> None:
 
 
 def test_cli_start_does_not_import_torch() -> None:
-    code = "import sys; from converter import cli; cli.sub_parser(); cli.convert_parser(); print('torch' in sys.modules)"
+    code = "import sys; from converter import cli; cli.convert_parser(cli.load_plugins()); print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 

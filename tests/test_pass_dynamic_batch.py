@@ -21,10 +21,10 @@ import onnx.parser
 import pytest
 
 from converter.batch_verify import check_batch_stacking
+from converter.onnx_calls import check_model
 from converter.pass_api import PassContext
-from converter.pass_manager import check_model
-from converter.passes._batch_values import Lin, NotLinear
-from converter.passes.dynamic_batch import BatchDependenceError, DynamicBatchOptions, DynamicBatchPass
+from converter.passes.dynamic_batch import BatchDependenceError, DynamicBatchOptions, DynamicBatchPass, Rewrite
+from converter.passes.dynamic_batch._values import Lin, NotLinear
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -346,9 +346,9 @@ def test_pattern_runs_at_any_batch(exported, name: str, exporter: str) -> None:
     assert check, check.table()
     assert [r.batch for r in check.runs] == list(BATCHES)
     original_nodes = {n.name for n in original.graph.node}
-    for line in result.facts["rewritten"]:  # each fact names a node of the original or a graph output
-        named = line.split("'")[1]
-        assert named in original_nodes or line.startswith("graph output"), line
+    for rewrite in result.facts["rewritten"]:  # each typed fact names a node of the original or a graph output
+        assert isinstance(rewrite, Rewrite)
+        assert rewrite.node in original_nodes or rewrite.op == "graph output", rewrite
     assert "equals" in result.facts["self_check"]
 
 
@@ -509,7 +509,7 @@ def test_slice_of_a_concatenation_along_the_batch() -> None:
             second = Slice (both, st, en, ax)
             y = Mul(second, x)
         }""")
-    assert any("Slice" in r and "batch:end" in r for r in result.facts["rewritten"]), result.facts
+    assert any(r.op == "Slice" and "batch:end" in r.change for r in result.facts["rewritten"]), result.facts
 
 
 def test_split_sizes_along_the_batch() -> None:
@@ -522,7 +522,7 @@ def test_split_sizes_along_the_batch() -> None:
             a, b = Split <axis=0> (both, sizes)
             y = Sub(a, b)
         }""")
-    assert any(r.startswith("Split") and "[batch, batch]" in r for r in result.facts["rewritten"]), result.facts
+    assert any(r.op == "Split" and "[batch, batch]" in r.change for r in result.facts["rewritten"]), result.facts
 
 
 def test_constant_of_shape_takes_the_runtime_batch() -> None:
@@ -533,7 +533,7 @@ def test_constant_of_shape_takes_the_runtime_batch() -> None:
             z = ConstantOfShape <value = float[1] {0.5}> (s)
             y = Concat <axis=1> (z, x)
         }""")
-    assert any(r.startswith("ConstantOfShape") and "[batch, 3]" in r for r in result.facts["rewritten"]), result.facts
+    assert any(r.op == "ConstantOfShape" and "[batch, 3]" in r.change for r in result.facts["rewritten"]), result.facts
 
 
 def test_old_batch_2_expand_shapes() -> None:
@@ -546,7 +546,7 @@ def test_old_batch_2_expand_shapes() -> None:
             te = Expand(tok, s)
             y = Concat <axis=1> (xe, te)
         }""", batches=(2, 4, 6))
-    text = "\n".join(result.facts["rewritten"])
+    text = "\n".join(map(str, result.facts["rewritten"]))
     assert "[1, 4]" in text and "[batch, 4]" in text, text
 
 
@@ -556,7 +556,7 @@ def test_squeeze_without_axes_gets_explicit_axes() -> None:
         g (float[2,3,1] x) => (float[2,3] y) {
             y = Squeeze(x)
         }""", batches=(2, 4))
-    assert any("axes made explicit [2]" in r for r in result.facts["rewritten"]), result.facts
+    assert any("axes made explicit [2]" in r.change for r in result.facts["rewritten"]), result.facts
 
 
 def test_graph_output_from_a_batch_1_constant_is_broadcast() -> None:
@@ -651,7 +651,7 @@ def test_repair_a_model_whose_inputs_say_batch_but_whose_nodes_hard_code_1(tmp_p
     assert not run_pass(onnx.load(str(path))).modified
     result = run_pass(onnx.load(str(path)), repair=True)
     assert result.modified and result.facts["repaired_from"] == {"x": "N"}
-    assert any(r.startswith("Reshape") for r in result.facts["rewritten"])
+    assert any(r.op == "Reshape" for r in result.facts["rewritten"])
     assert dim_param(result.model.graph.input[0]) == "batch"
     check = check_batch_stacking(static, result.model, BATCHES)
     assert check, check.table()
@@ -668,7 +668,7 @@ def test_repair_that_refuses_leaves_the_model_as_it_was(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["expand_token", "lstm_buffer_h0", "zeros_repeat_cat", "flatten_view", "gru_param_h0"])
 def test_tensorrt_lint_flags_rename_only_exports_but_not_converted_ones(exported, name: str) -> None:
     """`convert check -b tensorrt` must catch what naive batch renaming leaves behind, and stay quiet after the pass."""
-    from converter.plugins.tensorrt_lint import lint
+    from converter.plugins.tensorrt.lint._rules import lint
 
     src = onnx.load(str(exported(name, "legacy")))
     renamed = onnx.ModelProto()

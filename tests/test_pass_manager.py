@@ -11,7 +11,7 @@ from onnx import numpy_helper
 from converter.convert_job import ConvertRequest, convert
 from converter.errors import PassError, VerifyDrift
 from converter.hookspecs import hookimpl
-from converter.pass_api import Pass, PassContext, PassResult
+from converter.pass_api import Effect, Pass, PassContext, PassResult
 from converter.pass_manager import build_passes, run_pipeline
 from converter.pipeline_text import parse_pipeline
 from converter.plugin_manager import load_plugins
@@ -105,7 +105,7 @@ class RenameBatchOnly(Pass[ScaleOptions]):
     name = "rename_batch_only"
     summary = "test pass: renames dim 0 without fixing the graph"
     Options = ScaleOptions
-    changes_batch = True
+    effects = frozenset({Effect.BATCH})
 
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
         for vi in [*model.graph.input, *model.graph.output]:

@@ -13,8 +13,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from converter.calibration import CALIB_DATA, CALIB_RANDOM
 from converter.compare import DEFAULT_TOLERANCES, compare
-from converter.errors import PassFailed, UsageError
+from converter.errors import PassRefused, UsageError
+from converter.flags import PassInputs
 from converter.ort_session import make_session, run_session
 from converter.pass_api import PassContext
 from converter.passes.qdq import QdqOptions, QdqPass
@@ -70,7 +72,7 @@ def _calib(tmp_path: Path, n: int = 32, seed: int = 1, name: str = "calib.npz") 
 
 
 def _ctx(data: Path | None, random: bool = False) -> PassContext:
-    return PassContext(log=LOG, calib_data=None if data is None else str(data), calib_random=random)
+    return PassContext(log=LOG, inputs=PassInputs({CALIB_DATA.key: None if data is None else str(data), CALIB_RANDOM.key: random}))
 
 
 def _run(model: onnx.ModelProto, data: Path | None, **options: object):  # noqa: ANN202
@@ -127,7 +129,7 @@ def test_qdq_places_symmetric_int8_where_backends_fuse(tmp_path: Path) -> None:
 
 
 def test_output_is_clean_for_the_tensorrt_lint(tmp_path: Path) -> None:
-    from converter.plugins.tensorrt_lint import lint
+    from converter.plugins.tensorrt.lint._rules import lint
 
     q = _run(net_model(), _calib(tmp_path)).model
     assert [f.line() for f in lint(q)] == []
@@ -200,7 +202,7 @@ def test_qat_check_names_nodes_with_nonzero_zero_points() -> None:
     for t in model.graph.initializer:
         if t.name == "zp":
             t.CopyFrom(numpy_helper.from_array(np.array(3, np.int8), "zp"))
-    with pytest.raises(PassFailed, match=r"xq: zero point 3 \(must be 0\); xd: zero point 3") as err:
+    with pytest.raises(PassRefused, match=r"xq: zero point 3 \(must be 0\); xd: zero point 3") as err:
         QdqPass(QdqOptions()).run(model, _ctx(None))
     assert "\n" not in str(err.value)
     kept = QdqPass(QdqOptions(qat_check=False)).run(model, _ctx(None))
@@ -270,7 +272,7 @@ def test_data_that_does_not_fit_fails_before_calibration(tmp_path: Path) -> None
 
 
 def test_old_opsets_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(PassFailed, match="opset >= 13, the model has opset 12"):
+    with pytest.raises(PassRefused, match="opset >= 13, the model has opset 12"):
         _run(net_model(opset=12), _calib(tmp_path))
 
 

@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converter.artifacts import OrtRunner, artifact_from_disk
+from converter.artifacts import artifact_from_disk
 from converter.compare import compare
 from converter.convert_job import ConvertRequest, convert
 from converter.golden import load_case
 from converter.plugin_manager import load_plugins
+from converter.plugins.ort import OrtRunner
 from converter.plugins.tensorrt import TensorRTBackend, TensorRTOptions
 
 AVAILABILITY = TensorRTBackend.availability()

@@ -17,7 +17,7 @@ import pytest
 from onnx import TensorProto, numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-from converter.plugins.tensorrt_lint import RULES, lint, parse_trt_version
+from converter.plugins.tensorrt.lint import RULES, lint, parse_trt_version
 
 H17 = '<ir_version: 8, opset_import: ["" : 17]>'
 H21 = '<ir_version: 10, opset_import: ["" : 21]>'

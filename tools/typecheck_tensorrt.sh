@@ -21,12 +21,7 @@ rm -rf "$WORK/site"
 SITE=$WORK/site/converter/plugins
 cat > "$WORK/pyrightconfig.json" <<JSON
 {
-  "include": ["site/converter/plugins/tensorrt.py", "site/converter/plugins/tensorrt_build.py",
-              "site/converter/plugins/tensorrt_runner.py", "site/converter/plugins/tensorrt_profiles.py",
-              "site/converter/plugins/cuda_rt.py", "site/converter/plugins/tensorrt_lint.py",
-              "site/converter/plugins/tensorrt_lint_context.py", "site/converter/plugins/tensorrt_lint_qdq.py",
-              "site/converter/plugins/tensorrt_lint_types.py", "site/converter/plugins/tensorrt_lint_graph.py",
-              "site/converter/plugins/tensorrt_ops.py"],
+  "include": ["site/converter/plugins/tensorrt"],
   "extraPaths": ["site", "stubs", "$(cd "$VENV" && pwd)/lib/python3.11/site-packages"],
   "pythonVersion": "3.11",
   "typeCheckingMode": "basic",

@@ -15,8 +15,22 @@ from converter.calibration.collector import Collector, CollectResult
 from converter.calibration.data import open_source
 from converter.calibration.sources import CalibSource
 from converter.calibration.stats import TensorStats
+from converter.flags import PassInput
+
+CALIB_DATA: PassInput[str | None] = PassInput(
+    key="calib_data", flag="--calib-data", default=None, metavar="SRC", group="calibration (for quantization passes)",
+    help="FEEDS.npz (first axis = samples), a folder of images with a preprocessing spec, or module:function yielding feed dicts",
+)
+"""``--calib-data``: an .npz, a folder of images with a preprocessing spec, or ``module:function``."""
+CALIB_RANDOM: PassInput[bool] = PassInput(
+    key="calib_random", flag="--calib-random", default=False, switch=True, group="calibration (for quantization passes)",
+    help="allow seeded random calibration data (a warning: scales from random data are rarely right)",
+)
+"""``--calib-random``: the user explicitly allowed seeded random calibration data."""
 
 __all__ = [
+    "CALIB_DATA",
+    "CALIB_RANDOM",
     "METHODS",
     "CalibSource",
     "CalibrationCache",

@@ -8,8 +8,18 @@
     golden_case.py  a golden case whose reference outputs are torch's
     job.py          the flow, atomic outputs
     then.py         ``--then``: continue with the main flow (passes → backend → golden check)
+    command.py      the ``convert export`` subcommand (registered by this package)
 
 torch is an optional dependency: no module here imports it at import time. The CLI calls
 :func:`converter.export.torch_env.require_torch` (exit 2 with the install line when it is missing)
 and the torch module is passed to the functions that need it.
 """
+
+from converter.command_api import CommandRegistry
+from converter.export.command import ExportCommand
+from converter.hookspecs import hookimpl
+
+
+@hookimpl
+def converter_register_commands(registry: CommandRegistry) -> None:
+    registry.add(ExportCommand)

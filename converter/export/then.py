@@ -11,15 +11,17 @@ import argparse
 import shlex
 from pathlib import Path
 
-from converter.convert_job import ConvertOutcome, convert
+from converter.convert_args import backend_text, convert_parser, request_from_args
+from converter.convert_job import ConvertOutcome, convert, make_backend
 from converter.errors import UsageError
+from converter.pass_manager import build_passes
+from converter.pipeline_text import parse_pipeline
+from converter.plugin_manager import Plugins
 
 _NOT_HERE = {"json": "--json", "debug": "--debug", "verbose": "-v/--verbose"}
 
 
-def parse_then(text: str, exported: Path, export_golden: Path | None) -> argparse.Namespace:
-    from converter.cli import convert_parser
-
+def parse_then(text: str, exported: Path, export_golden: Path | None, plugins: Plugins) -> argparse.Namespace:
     try:
         words = shlex.split(text)
     except ValueError as exc:
@@ -28,7 +30,7 @@ def parse_then(text: str, exported: Path, export_golden: Path | None) -> argpars
         raise UsageError("--then takes the arguments of 'convert MODEL ...' (see 'convert --help'), not -h/--version")
     if words and not words[0].startswith("-"):
         raise UsageError(f"--then '{text}': the model is the exported one; start with flags, e.g. --then '-p infer_shapes,cleanup -b ort'")
-    args = convert_parser().parse_args([str(exported), *words])
+    args = convert_parser(plugins).parse_args([str(exported), *words])
     misplaced = [flag for key, flag in _NOT_HERE.items() if getattr(args, key)]
     if misplaced:
         raise UsageError(f"put {', '.join(misplaced)} on the export command, not inside --then")
@@ -36,26 +38,12 @@ def parse_then(text: str, exported: Path, export_golden: Path | None) -> argpars
         raise UsageError("--golden is given to the export and inside --then; give it once (the export's case holds torch's outputs)")
     if args.golden is None:
         args.golden = export_golden
-    _preflight(args)
+    # unknown passes, options and backends fail now, before minutes go into the export
+    build_passes(parse_pipeline(args.passes), plugins.passes)
+    make_backend(backend_text(args, plugins), plugins)
     return args
 
 
-def _preflight(args: argparse.Namespace) -> None:
-    """Unknown passes, options and backends fail now, before minutes go into the export."""
-    from converter.cli import backend_text
-    from converter.convert_job import make_backend
-    from converter.pass_manager import build_passes
-    from converter.pipeline_text import parse_pipeline
-    from converter.plugin_manager import load_plugins
-
-    plugins = load_plugins()
-    build_passes(parse_pipeline(args.passes), plugins.passes)
-    make_backend(backend_text(args), plugins)
-
-
-def run_then(args: argparse.Namespace) -> ConvertOutcome:
+def run_then(args: argparse.Namespace, plugins: Plugins) -> ConvertOutcome:
     """The main flow on the exported model, exactly as ``convert`` runs it."""
-    from converter.cli import request_from_args
-    from converter.plugin_manager import load_plugins
-
-    return convert(request_from_args(args), load_plugins())
+    return convert(request_from_args(args, plugins), plugins)

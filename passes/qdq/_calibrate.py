@@ -1,0 +1,144 @@
+"""Calibration for the qdq pass: the cache, the data, the batch, the collector.
+
+Order: a TensorRT cache given as ``cache`` is used as it is (it carries no
+hashes); otherwise the data source is opened and checked against the model's
+inputs (before any work), our JSON cache is reused when method, model hash and
+data hash match, and else the model is run over the data. A model with a
+static batch of 1 is calibrated in batches on a copy made dynamic by the
+``dynamic_batch`` pass; where that pass refuses, one sample at a time.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from converter.calibration import CALIB_DATA, CALIB_RANDOM
+from converter.calibration.cache import (
+    CalibrationCache,
+    TensorRange,
+    export_tensorrt,
+    import_tensorrt,
+    is_tensorrt_file,
+    load_json,
+    model_hash,
+    save_json,
+    trt_version_tag,
+)
+from converter.calibration.calibrators import Calibrator
+from converter.calibration.collector import Collector
+from converter.calibration.data import open_source
+from converter.calibration.sources import sha256_text
+from converter.errors import ConverterError, UsageError
+from converter.graph_info import graph_inputs
+from converter.pass_api import PassContext
+
+
+@dataclass(frozen=True)
+class CalibSettings:
+    calibrator: Calibrator
+    samples: int
+    batch_size: int
+    cache: str | None
+
+
+@dataclass
+class Calibrated:
+    ranges: dict[str, TensorRange]
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+def _is_json_cache(path: str) -> bool:
+    return Path(path).suffix.lower() == ".json"
+
+
+def _default_trt_tag() -> str:
+    try:
+        return trt_version_tag(importlib.metadata.version("tensorrt"))
+    except importlib.metadata.PackageNotFoundError:
+        return trt_version_tag("10.0.0")
+
+
+def _from_tensorrt_cache(path: str, tensors: list[str], ctx: PassContext) -> Calibrated:
+    cache = import_tensorrt(path)
+    missing = [t for t in tensors if t not in cache.tensors]
+    if missing:
+        raise UsageError(f"TensorRT calibration cache {path} lacks {len(missing)} tensors the model quantizes (e.g. {', '.join(missing[:3])}); delete it to recalibrate")
+    ctx.log.warning("using TensorRT calibration cache %s as it is (%s): it carries no model or data hash", path, cache.header)
+    return Calibrated({t: cache.tensors[t] for t in tensors}, {"cache": "imported tensorrt", "cache_header": cache.header})
+
+
+def _batch_model(model: onnx.ModelProto, batch_size: int, tensors: list[str], ctx: PassContext) -> tuple[onnx.ModelProto, int, bool]:
+    """(model to calibrate on, batch to feed, whether that batch is exact)."""
+    dims = set()
+    for spec in graph_inputs(model):
+        dims.add(spec.shape[0] if spec.shape and isinstance(spec.shape[0], int) and spec.shape[0] > 0 else None)
+    static = {d for d in dims if d is not None}
+    if not static:
+        return model, batch_size, False
+    fixed = max(static)
+    if fixed != 1 or batch_size == 1 or None in dims:
+        return model, fixed, True
+    from converter.passes.dynamic_batch import DynamicBatchOptions, DynamicBatchPass
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    try:
+        result = DynamicBatchPass(DynamicBatchOptions(verify=False)).run(copy, PassContext(log=ctx.log.getChild("dynamic_batch"), seed=ctx.seed))
+    except ConverterError as exc:
+        ctx.log.info("calibrating one sample at a time: dynamic_batch refused this model (%s)", exc)
+        return model, 1, True
+    produced = {o for n in result.model.graph.node for o in n.output} | {vi.name for vi in result.model.graph.input}
+    if not all(t in produced for t in tensors):
+        ctx.log.info("calibrating one sample at a time: dynamic_batch renamed tensors to calibrate")
+        return model, 1, True
+    ctx.log.info("calibrating in batches of %d on a copy made dynamic by dynamic_batch", batch_size)
+    return result.model, batch_size, False
+
+
+def _save(path: str, cache: CalibrationCache) -> str:
+    if _is_json_cache(path):
+        save_json(cache, path)
+        return "written"
+    export_tensorrt(cache, path, _default_trt_tag())
+    return "written tensorrt"
+
+
+def calibrate(model: onnx.ModelProto, tensors: list[str], settings: CalibSettings, ctx: PassContext) -> Calibrated:
+    """Ranges (amax, min, max) of ``tensors`` over the calibration data, or from the cache."""
+    path = settings.cache
+    if path and Path(path).is_file() and not _is_json_cache(path) and is_tensorrt_file(path):
+        return _from_tensorrt_cache(path, tensors, ctx)
+    source = open_source(ctx.inputs.get(CALIB_DATA), graph_inputs(model), allow_random=ctx.inputs.get(CALIB_RANDOM), samples=settings.samples, seed=ctx.seed, log=ctx.log)
+    label = settings.calibrator.label
+    hashes = ("", "")
+    if path:
+        hashes = (model_hash(model), sha256_text(source.fingerprint(), f"samples={settings.samples}"))
+        if Path(path).is_file() and _is_json_cache(path):
+            cache = load_json(path)
+            reason = cache.mismatch(label, *hashes) or (None if all(t in cache.tensors for t in tensors) else "it lacks tensors this placement quantizes")
+            if reason is None:
+                ctx.log.info("reusing calibration cache %s (%s, %d samples)", path, label, cache.samples)
+                return Calibrated({t: cache.tensors[t] for t in tensors}, {"cache": "reused", "samples": cache.samples})
+            ctx.log.warning("calibration cache %s not reused: %s; recalibrating", path, reason)
+    calib_model, feed_batch, exact = _batch_model(model, settings.batch_size, tensors, ctx)
+    collector = Collector(calib_model, tensors, histogram=settings.calibrator.needs_histogram, batch_size=feed_batch, exact_batch=exact, log=ctx.log)
+    collected = collector.run(source, limit=settings.samples)
+    if collected.samples == 0:
+        raise UsageError(f"--calib-data {source.description}: no samples reached the model (batch {feed_batch})")
+    ranges = {t: TensorRange(settings.calibrator.amax(s), s.min, s.max) for t, s in collected.stats.items()}
+    facts: dict[str, Any] = {
+        "samples": collected.samples,
+        "batches": collected.batches,
+        "batch": feed_batch,
+        "tensor_chunks": collected.chunks,
+        "calibration_seconds": round(collected.seconds, 3),
+        "data": source.description,
+    }
+    if path:
+        facts["cache"] = _save(path, CalibrationCache(label, ranges, hashes[0], hashes[1], collected.samples))
+    return Calibrated(ranges, facts)

@@ -1,0 +1,143 @@
+"""qdq: symmetric int8 quantization as QuantizeLinear/DequantizeLinear in the graph.
+
+The canonical form every backend reads (TensorRT's explicit quantization;
+ONNX Runtime fuses the same pairs into int8 kernels):
+
+- scale = amax / 127, zero point 0 (int8). Activations per tensor, amax from
+  calibration over real inputs (``calibrator``); ``QuantizeLinear`` saturates to
+  [-128, 127], so -128 is the only value outside [-127, 127] an activation can
+  take (where x < -amax * 128/127).
+- Weights per output channel (Conv axis 0, ConvTranspose axis 1, Gemm/MatMul the
+  output features: axis 0 of B with transB, else its last axis), quantized here
+  into int8 initializers clamped to [-127, 127], read through DequantizeLinear.
+  Weights in Constant nodes are quantized too. Bias stays float.
+- Placement: inputs of Conv/ConvTranspose/Gemm/MatMul and of residual Adds
+  (``_qdq_placement``); every candidate node left float is listed with why.
+- A graph that already holds Q/DQ on activations (QAT) is kept as it is;
+  ``qat_check`` verifies its zero points are 0 and its scales finite and positive.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Literal
+
+import onnx
+
+from converter.calibration.calibrators import Calibrator, scale_of
+from converter.calibration.collector import value_infos
+from converter.errors import PassRefused
+from converter.graph_info import iter_graphs, opset_version
+from converter.pass_api import Pass, PassContext, PassResult
+from converter.passes.qdq._calibrate import CalibSettings, calibrate
+from converter.passes.qdq._insert import Inserted, insert_qdq
+from converter.passes.qdq._placement import LAYER_OPS, Placement, PlacementRules, node_label, place
+from converter.passes.qdq._qat import activation_qdq_nodes, qat_problems
+from converter.passes.qdq._weights import constant_specs
+
+MIN_OPSET = 13
+_LISTED = 6
+
+
+@dataclass(frozen=True)
+class QdqOptions:
+    calibrator: Literal["minmax", "percentile", "entropy", "mse"] = field(default="entropy", metadata={"help": "how amax is chosen from the activations seen: minmax, percentile, entropy (TensorRT's KL search), mse"})
+    percentile: float = field(default=99.99, metadata={"help": "percentile calibrator: the percentile of |x| taken as amax"})
+    op_types: tuple[str, ...] = field(default=(), metadata={"help": "more op types whose float activation inputs get Q/DQ (e.g. [MaxPool,Concat])"})
+    exclude: tuple[str, ...] = field(default=(), metadata={"help": "nodes kept float: node names or op types, or glob patterns of either (e.g. [head/*,Gemm])"})
+    keep_first_last: bool = field(default=False, metadata={"help": "keep the first and the last quantizable layers in float"})
+    per_channel: bool = field(default=True, metadata={"help": "weights per output channel (false: one scale per weight)"})
+    samples: int = field(default=512, metadata={"help": "calibration samples used at most"})
+    batch_size: int = field(default=8, metadata={"help": "samples per calibration batch (a static batch-1 model is made dynamic on a copy, or fed one by one)"})
+    cache: str | None = field(default=None, metadata={"help": "calibration cache: PATH.json (ours, reused when calibrator, model and data match) or a TensorRT cache text file (read as is, written after calibration)"})
+    qat_check: bool = field(default=True, metadata={"help": "a model that already holds Q/DQ: fail unless every zero point is 0 and every scale finite and positive"})
+
+    def __post_init__(self) -> None:
+        Calibrator(self.calibrator, self.percentile)
+        if self.samples < 1:
+            raise ValueError("samples must be >= 1")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+
+
+def _subgraph_refusals(model: onnx.ModelProto) -> list[str]:
+    out = []
+    for graph in list(iter_graphs(model.graph))[1:]:
+        for i, n in enumerate(graph.node):
+            if n.op_type in LAYER_OPS:
+                out.append(f"{node_label(n, i)} ({n.op_type}): inside a subgraph (If/Loop/Scan body), not quantized")
+    return out
+
+
+def _types(model: onnx.ModelProto) -> dict[str, int]:
+    return {name: vi.type.tensor_type.elem_type for name, vi in value_infos(model).items()}
+
+
+class QdqPass(Pass[QdqOptions]):
+    name = "qdq"
+    summary = "Symmetric int8 Q/DQ (per-channel weights, calibrated activations) where backends fuse it."
+    Options = QdqOptions
+    output_precision = "int8"
+
+    def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+        existing = activation_qdq_nodes(model)
+        if existing:
+            return self._keep_qat(model, existing, ctx)
+        opset = opset_version(model) or 0
+        if opset < MIN_OPSET:
+            raise PassRefused(f"per-channel Q/DQ needs opset >= {MIN_OPSET}, the model has opset {opset}; convert it to a newer opset first")
+        o = self.options
+        rules = PlacementRules(o.op_types, o.exclude, o.keep_first_last, o.per_channel)
+        placement = place(model.graph, _types(model), constant_specs(model.graph), rules)
+        placement.refused.extend(_subgraph_refusals(model))
+        if not placement.nodes:
+            ctx.log.info("qdq: nothing to quantize (%d candidate nodes refused)", len(placement.refused))
+            return PassResult(model, False, facts={"quantized_nodes": 0}, refused=placement.refused or ["no Conv, ConvTranspose, Gemm, MatMul or residual Add in the graph"])
+        tensors = placement.activation_tensors()
+        facts: dict = {"calibrator": Calibrator(o.calibrator, o.percentile).label}
+        scales: dict[str, float] = {}
+        if tensors:
+            settings = CalibSettings(Calibrator(o.calibrator, o.percentile), o.samples, o.batch_size, o.cache)
+            calibrated = calibrate(model, tensors, settings, ctx)
+            facts.update(calibrated.facts)
+            scales = self._scales(placement, {t: r.amax for t, r in calibrated.ranges.items()})
+            facts["ranges"] = {t: {"amax": r.amax, "min": r.min, "max": r.max} for t, r in calibrated.ranges.items()}
+        if not placement.nodes:
+            return PassResult(model, False, facts=facts, refused=placement.refused)
+        inserted = insert_qdq(model.graph, placement.nodes, scales, ctx.model_dir)
+        facts.update(self._facts(placement, inserted))
+        ctx.log.info("qdq: %d nodes quantized, %d activations, %d weights; %d candidates left float", len(placement.nodes), len(scales), len(inserted.weights), len(placement.refused))
+        return PassResult(model, True, facts=facts, refused=placement.refused)
+
+    @staticmethod
+    def _scales(placement: Placement, amax: dict[str, float]) -> dict[str, float]:
+        """Scales of the activations; nodes reading one whose amax is 0 (all zeros in calibration) stay float."""
+        zero = {t for t, a in amax.items() if a <= 0.0}
+        bad = {n.name: f"activation '{t}' was 0 on every calibration sample (no scale)" for n in placement.nodes for _, t in n.activations if t in zero}
+        placement.drop(set(bad), bad)
+        used = placement.activation_tensors()
+        return {t: scale_of(amax[t]) for t in used}
+
+    @staticmethod
+    def _facts(placement: Placement, inserted: Inserted) -> dict:
+        return {
+            "quantized_nodes": len(placement.nodes),
+            "quantized_ops": dict(Counter(n.op_type for n in placement.nodes)),
+            "nodes": [n.name for n in placement.nodes],
+            "activation_scales": inserted.activation_scales,
+            "weights": inserted.weights,
+            "removed_constants": inserted.removed_constants,
+            "already_quantized_inputs": placement.already_quantized,
+        }
+
+    def _keep_qat(self, model: onnx.ModelProto, existing: list[str], ctx: PassContext) -> PassResult:
+        facts = {"qat": True, "qdq_nodes": len(existing)}
+        if self.options.qat_check:
+            problems = qat_problems(model)
+            if problems:
+                more = f" (and {len(problems) - _LISTED} more)" if len(problems) > _LISTED else ""
+                raise PassRefused(f"the model already holds Q/DQ and TensorRT needs zero points of 0 and positive finite scales: {'; '.join(problems[:_LISTED])}{more}; fix the export or pass qdq{{qat_check=false}}")
+            facts["qat_check"] = "zero points 0, scales finite and positive"
+        ctx.log.info("qdq: the model already holds Q/DQ (%d nodes, e.g. %s); kept as it is", len(existing), existing[0])
+        return PassResult(model, False, facts=facts, refused=[f"the model already holds Q/DQ on activations ({len(existing)} nodes, e.g. {existing[0]}): kept as it is, no double quantization"])

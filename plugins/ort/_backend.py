@@ -1,0 +1,127 @@
+"""The ONNX Runtime backend: an .onnx with ORT's graph optimizations applied, run on ORT."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import onnx
+
+from converter.artifacts import base_manifest
+from converter.backend_api import Artifact, Availability, Backend, EmitContext, Runner
+from converter.errors import BackendError, BackendUnavailable
+from converter.model_io import PROTOBUF_LIMIT
+from converter.ort_session import make_session, session_options
+from converter.plugins.ort._lowering import lower_for_ort_cpu
+from converter.plugins.ort._runner import OrtRunner
+
+
+@dataclass(frozen=True)
+class OrtOptions:
+    providers: tuple[str, ...] = field(default=("CPUExecutionProvider",), metadata={"help": "execution providers in priority order, e.g. [CUDAExecutionProvider,CPUExecutionProvider]"})
+    opt_level: Literal["disable", "basic", "extended", "all"] = field(
+        default="extended",
+        metadata={"help": "graph optimizations baked into the artifact; 'all' adds layout changes tied to this CPU's instruction set"},
+    )
+    threads: int = field(default=0, metadata={"help": "intra-op threads of the runner (0: ORT decides)"})
+    lower_qdq: bool = field(
+        default=True,
+        metadata={"help": "activation Q/DQ as uint8 for ORT's CPU kernels: after Relu/ReLU6 zero point 0 (same range, finer steps), else zero point 128 (same grid)"},
+    )
+    provider_options: str | None = field(
+        default=None,
+        metadata={"help": "passed to the providers: 'Provider.key=value;...', e.g. TensorrtExecutionProvider.trt_fp16_enable=1;CUDAExecutionProvider.device_id=0"},
+    )
+
+    def __post_init__(self) -> None:
+        if self.threads < 0:
+            raise ValueError("threads must be >= 0")
+        if not self.providers:
+            raise ValueError("providers must name at least one execution provider")
+        parse_provider_options(self.providers, self.provider_options)  # validates
+
+
+def parse_provider_options(providers: tuple[str, ...], text: str | None) -> list[dict[str, str]]:
+    """'TensorrtExecutionProvider.trt_fp16_enable=1;CUDAExecutionProvider.device_id=0' → one dict per provider."""
+    per: dict[str, dict[str, str]] = {p: {} for p in providers}
+    for item in filter(None, (i.strip() for i in (text or "").split(";"))):
+        key, sep, value = item.partition("=")
+        provider, dot, option = key.partition(".")
+        if not sep or not dot or not option:
+            raise ValueError(f"provider option '{item}' must be Provider.key=value")
+        if provider not in per:
+            raise ValueError(f"provider option '{item}' is for {provider}, which is not in providers ({', '.join(providers)})")
+        per[provider][option.strip()] = value.strip()
+    return [per[p] for p in providers]
+
+
+class OrtBackend(Backend[OrtOptions]):
+    name = "ort"
+    summary = "ONNX Runtime: saves the graph with ORT's optimizations applied; runs on ORT."
+    Options = OrtOptions
+
+    @classmethod
+    def availability(cls) -> Availability:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:  # pragma: no cover - onnxruntime is a core dependency
+            return Availability(False, f"onnxruntime cannot be imported: {exc}")
+        return Availability(True, "", {"onnxruntime": ort.__version__, "providers": ",".join(ort.get_available_providers())})
+
+    def preflight(self) -> None:
+        import onnxruntime as ort
+
+        have = ort.get_available_providers()
+        missing = [p for p in self.options.providers if p not in have]
+        if missing:
+            raise BackendUnavailable(
+                f"execution provider {missing[0]} is not in this onnxruntime build (available: {', '.join(have)}); install onnxruntime-gpu for CUDA/TensorRT providers"
+            )
+
+    def emit(self, model: onnx.ModelProto, ctx: EmitContext) -> Artifact:
+        import onnxruntime as ort
+
+        self.preflight()
+        lowered: list[str] = []
+        if self.options.lower_qdq and any(n.op_type == "QuantizeLinear" for n in model.graph.node):
+            lowering = lower_for_ort_cpu(model)
+            model, lowered = lowering.model, [*lowering.lowered, *lowering.shifted]
+            ctx.log.info("ort: activation Q/DQ pairs as uint8 for ORT's fused kernels: %d after Relu/Clip (zero point 0), %d shifted (zero point 128)", len(lowering.lowered), len(lowering.shifted))
+        out = ctx.staging / ctx.file_name
+        so = session_options(self.options.threads, self.options.opt_level)
+        so.optimized_model_filepath = str(out)
+        if ctx.external_data or model.ByteSize() >= PROTOBUF_LIMIT:
+            so.add_session_config_entry("session.optimized_model_external_initializers_file_name", ctx.file_name + ".data")
+            so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+        try:
+            make_session(model, providers=self.options.providers, options=so, provider_options=self._provider_options())
+        except Exception as exc:
+            raise BackendError(f"ONNX Runtime cannot build a session for the model: {' '.join(str(exc).split())[:300]}") from exc
+        files = sorted(p for p in ctx.staging.iterdir() if p.name.startswith(ctx.file_name))
+        runner = OrtRunner(out, self.options.providers, self.options.threads, self._provider_options())
+        manifest = base_manifest(
+            self.name,
+            files,
+            runner,
+            source_sha256=ctx.source_sha256,
+            pipeline=ctx.pipeline,
+            extra={
+                "onnxruntime_version": ort.__version__,
+                "providers": list(self.options.providers),
+                "provider_options": self._provider_options(),
+                "opt_level": self.options.opt_level,
+                "threads": self.options.threads,
+                "portable": self.options.opt_level in ("disable", "basic", "extended"),
+                "qdq_lowered_to_uint8": len(lowered),
+            },
+        )
+        return Artifact(self.name, out, manifest, files)
+
+    def load(self, artifact: Artifact) -> Runner:
+        providers = artifact.manifest.get("providers") or list(self.options.providers)
+        provider_options = artifact.manifest.get("provider_options") or [{} for _ in providers]
+        return OrtRunner(artifact.path, providers, int(artifact.manifest.get("threads", self.options.threads)), provider_options)
+
+    def _provider_options(self) -> list[dict[str, str]]:
+        return parse_provider_options(self.options.providers, self.options.provider_options)
+
