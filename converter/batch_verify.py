@@ -22,6 +22,7 @@ import onnx
 
 from converter.backend_api import TensorSpec
 from converter.compare import Comparison, Tolerance, compare
+from converter.errors import describe_exception
 from converter.feeds import Feeds, seeded_feeds
 from converter.graph_info import graph_inputs, graph_outputs
 from converter.ort_session import make_session, run_session
@@ -120,7 +121,7 @@ def _old_batch(specs: Sequence[TensorSpec], axes: Mapping[str, int | None], shap
 
 
 def _unrunnable(check: BatchCheck, batch_sizes: Sequence[int], which: str, exc: Exception) -> BatchCheck:
-    text = f"ONNX Runtime cannot load {which}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+    text = f"ONNX Runtime cannot load {which}: {type(exc).__name__}: {describe_exception(exc)}"
     check.runs.extend(BatchRun(n, error=text) for n in batch_sizes)
     return check
 
@@ -167,7 +168,7 @@ def check_batch_stacking(
                 feeds.update({k: shared[k] for k, ax in in_axes.items() if ax is None})
                 samples.append((feeds, run_session(orig_sess, feeds)))
         except Exception as exc:  # reported as this batch's failure, not swallowed
-            check.runs.append(BatchRun(n, error=f"the original model failed on a batch-{per_sample} sample: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"))
+            check.runs.append(BatchRun(n, error=f"the original model failed on a batch-{per_sample} sample: {type(exc).__name__}: {describe_exception(exc)}"))
             continue
         used = samples[:count]
         stacked = {k: (v if in_axes[k] is None else np.concatenate([s[0][k] for s in used], axis=in_axes[k])) for k, v in used[0][0].items()}
@@ -179,7 +180,7 @@ def check_batch_stacking(
         try:
             actual = run_session(dyn_sess, stacked)
         except Exception as exc:  # reported as this batch's failure, not swallowed
-            check.runs.append(BatchRun(n, error=f"the dynamic model failed at batch {n}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"))
+            check.runs.append(BatchRun(n, error=f"the dynamic model failed at batch {n}: {type(exc).__name__}: {describe_exception(exc)}"))
             continue
         check.runs.append(BatchRun(n, compare(actual, expected, tolerance)))
     return check

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from converter.command_api import ArgParser, Command, add_common, emit_json
 from converter.convert_args import convert_parser, request_from_args
@@ -77,19 +80,58 @@ def _run(argv: list[str]) -> int:
     return cmd_convert(args, plugins)
 
 
+class Terminated(BaseException):
+    """SIGTERM (timeout, CI cancellation, docker stop): unwinds like Ctrl-C so staging folders are removed."""
+
+
+EXIT_SIGINT, EXIT_SIGTERM, EXIT_SIGPIPE = 130, 143, 141
+
+
+@contextmanager
+def _terminate_as_exception() -> Iterator[None]:
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (embedded use): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _quiet_broken_pipe() -> int:
+    """``convert passes | head``: the reader left; end quietly, as Unix tools do."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return EXIT_SIGPIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
-        return _run(argv)
+        with _terminate_as_exception():
+            return _run(argv)
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
     except ConverterError as exc:
         if debug:
             traceback.print_exc()
         print(f"convert: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("convert: interrupted; nothing was written", file=sys.stderr)
-        return 130
+        print("convert: interrupted (SIGINT); nothing was left behind", file=sys.stderr)
+        return EXIT_SIGINT
+    except Terminated:
+        print("convert: terminated (SIGTERM); nothing was left behind", file=sys.stderr)
+        return EXIT_SIGTERM
     except Exception as exc:
         if debug:
             traceback.print_exc()

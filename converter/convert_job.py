@@ -9,19 +9,20 @@ from typing import Any
 
 import onnx
 
-from converter.backend_api import Artifact, Backend, EmitContext
+from converter.backend_api import Artifact, Backend, EmitContext, manifest_path_for
 from converter.errors import BackendUnavailable, CheckFailed, UsageError
 from converter.feeds import Feeds, check_feeds, load_npz, parse_shapes, seeded_feeds
 from converter.flags import PassInputs
 from converter.golden import CaseResult, check_case, load_case
 from converter.graph_info import graph_inputs, iter_graphs
 from converter.instruments import BatchStacking, Verify, standard_instruments
-from converter.model_io import LoadedModel, atomic_outputs, commit, ensure_not_input, load_model
+from converter.model_io import LoadedModel, ensure_not_input, load_model
 from converter.options import build_options
 from converter.pass_manager import build_passes, check_input_model, run_pipeline
 from converter.pipeline_text import format_step, parse_pipeline, parse_step
 from converter.plugin_manager import Plugins
 from converter.report import PipelineReport
+from converter.staging import SideFiles, commit_files, discard, staging_folder
 
 log = logging.getLogger("converter")
 
@@ -105,11 +106,14 @@ def convert(req: ConvertRequest, plugins: Plugins) -> ConvertOutcome:
         verify=Verify(verify_feeds(req, loaded)) if req.verify else None,
         batch=BatchStacking(input_shapes=parse_shapes(req.input_shapes) or None, seed=req.seed) if req.verify else None,
     )
-    model, report = run_pipeline(loaded.proto, passes, instruments=instruments, seed=req.seed, model_dir=str(loaded.path.parent), inputs=PassInputs(req.pass_inputs))
+    side_files = SideFiles(protected=[*protected, out, manifest_path_for(out), out.with_name(out.name + ".data")])
+    model, report = run_pipeline(
+        loaded.proto, passes, instruments=instruments, seed=req.seed, model_dir=str(loaded.path.parent), inputs=PassInputs(req.pass_inputs), side_files=side_files
+    )
     outcome = ConvertOutcome(loaded, report, None)
     precision = req.precision or _lowest_precision([_pipeline_precision(passes), model_precision(model)])
     pipeline_text = ",".join(format_step(s) for s in steps)
-    with atomic_outputs(out.parent) as staging:
+    with staging_folder(out.parent) as staging:
         ctx = EmitContext(staging=staging, file_name=out.name, log=logging.getLogger(f"converter.backend.{backend.name}"), source_sha256=loaded.sha256, pipeline=pipeline_text, external_data=loaded.has_external_data)
         artifact = backend.emit(model, ctx)
         artifact.write_manifest()
@@ -120,10 +124,16 @@ def convert(req: ConvertRequest, plugins: Plugins) -> ConvertOutcome:
         if outcome.golden is not None and not outcome.golden and not req.keep_failed:
             outcome.artifact = artifact
             raise GoldenFailed(outcome)
-        # data and manifest first, the main file last
-        for f in sorted(artifact.files, key=lambda p: p == artifact.path):
-            commit(f, out.parent / f.name)
-        outcome.written = [out.parent / f.name for f in artifact.files]
+        passed = outcome.golden is None or bool(outcome.golden)
+        side = side_files.stage() if passed else []  # caches and other side files: only when the run succeeds
+        # side files and data first, the main file next, the manifest last: it is the record that the set is complete
+        order = sorted(artifact.files, key=lambda p: (p == artifact.manifest_path, p == artifact.path))
+        try:
+            commit_files([*side, *((f, out.parent / f.name) for f in order)])
+        except BaseException:
+            discard(side)
+            raise
+        outcome.written = [*(final for _, final in side), *(out.parent / f.name for f in order)]
         outcome.artifact = artifact.moved_to(out.parent)
     if outcome.golden is not None and not outcome.golden:
         raise GoldenFailed(outcome)

@@ -19,6 +19,7 @@ import onnx
 
 from converter.flags import PassInputs
 from converter.options import NoOptions
+from converter.staging import SideFiles
 
 Precision = Literal["fp32", "fp16", "int8"]
 
@@ -52,6 +53,9 @@ class PassContext:
     model_dir: str | None = None
     inputs: PassInputs = field(default_factory=PassInputs)
     """Values of the flags plugins registered (``converter_add_options``), read as ``ctx.inputs.get(MY_INPUT)``."""
+    side_files: SideFiles = field(default_factory=SideFiles)
+    """Files to write besides the artifact (e.g. a calibration cache): declared here, committed with the artifact
+    only when the run succeeds. A pass never writes files itself."""
 
 
 class Pass(ABC, Generic[OptionsT]):

@@ -21,6 +21,7 @@ from converter.pass_api import Pass, PassContext
 from converter.pipeline_text import Step
 from converter.registry import PassRegistry
 from converter.report import PassRecord, PipelineReport
+from converter.staging import SideFiles
 
 log = logging.getLogger("converter.pass_manager")
 
@@ -60,18 +61,21 @@ def run_pipeline(
     seed: int = 0,
     model_dir: str | None = None,
     inputs: PassInputs | None = None,
+    side_files: SideFiles | None = None,
 ) -> tuple[onnx.ModelProto, PipelineReport]:
     """Run ``passes`` in order on ``model`` (which may be changed in place).
 
     ``instruments`` default to timing and the checker; ``inputs`` are the values of
-    plugin-registered flags (``ctx.inputs``).
+    plugin-registered flags (``ctx.inputs``); ``side_files`` collects files passes want written
+    besides the artifact (the caller commits them).
     """
+    side_files = side_files if side_files is not None else SideFiles()
     instruments = list(instruments) if instruments is not None else standard_instruments(check=True)
     state = PipelineState()
     for inst in instruments:
         inst.before_pipeline(model, state)
     for p in passes:
-        ctx = PassContext(log=logging.getLogger(f"converter.pass.{p.name}"), seed=seed, model_dir=model_dir, inputs=inputs or PassInputs())
+        ctx = PassContext(log=logging.getLogger(f"converter.pass.{p.name}"), seed=seed, model_dir=model_dir, inputs=inputs or PassInputs(), side_files=side_files)
         for inst in instruments:
             inst.before_pass(p, model, state)
         result = _run_one(p, model, ctx, state)

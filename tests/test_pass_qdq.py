@@ -20,6 +20,7 @@ from converter.flags import PassInputs
 from converter.ort_session import make_session, run_session
 from converter.pass_api import PassContext
 from converter.passes.qdq import QdqOptions, QdqPass
+from converter.staging import commit_files
 from tests.conftest import ROOT, Cli, parse, save
 
 LOG = logging.getLogger("test.qdq")
@@ -76,7 +77,11 @@ def _ctx(data: Path | None, random: bool = False) -> PassContext:
 
 
 def _run(model: onnx.ModelProto, data: Path | None, **options: object):  # noqa: ANN202
-    return QdqPass(QdqOptions(**options)).run(model, _ctx(data))  # type: ignore[arg-type]
+    """Run the pass and commit the side files it declared, as a successful convert run does."""
+    ctx = _ctx(data)
+    result = QdqPass(QdqOptions(**options)).run(model, ctx)  # type: ignore[arg-type]
+    commit_files(ctx.side_files.stage())
+    return result
 
 
 def _array(model: onnx.ModelProto, name: str) -> np.ndarray:
@@ -301,13 +306,13 @@ mix (float[1, 3, 8, 8] x) => (float[1, 4, 8, 8] y) <{_init(rng, "w", 4, 3, 3, 3)
 def test_cache_is_reused_only_when_model_and_data_match(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cache = tmp_path / "calib.json"
     first = _run(net_model(), _calib(tmp_path), cache=str(cache))
-    assert first.facts["cache"] == "written" and cache.is_file()
+    assert first.facts["cache"] == "written with the artifact" and cache.is_file()
     again = _run(net_model(), _calib(tmp_path), cache=str(cache))
     assert again.facts["cache"] == "reused" and "calibration_seconds" not in again.facts
     assert again.facts["activation_scales"] == first.facts["activation_scales"]
     with caplog.at_level(logging.WARNING):
         other = _run(net_model(), _calib(tmp_path, seed=2, name="other.npz"), cache=str(cache))
-    assert other.facts["cache"] == "written" and "calibration data (or the sample limit) changed" in caplog.text
+    assert other.facts["cache"] == "written with the artifact" and "calibration data (or the sample limit) changed" in caplog.text
     def changed() -> onnx.ModelProto:
         model = net_model()
         model.graph.initializer[0].float_data[0] += 1.0
@@ -315,18 +320,18 @@ def test_cache_is_reused_only_when_model_and_data_match(tmp_path: Path, caplog: 
 
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        assert _run(changed(), _calib(tmp_path, seed=2, name="other.npz"), cache=str(cache)).facts["cache"] == "written"
+        assert _run(changed(), _calib(tmp_path, seed=2, name="other.npz"), cache=str(cache)).facts["cache"] == "written with the artifact"
     assert "the model changed" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        assert _run(changed(), _calib(tmp_path, seed=2, name="other.npz"), cache=str(cache), calibrator="mse").facts["cache"] == "written"
+        assert _run(changed(), _calib(tmp_path, seed=2, name="other.npz"), cache=str(cache), calibrator="mse").facts["cache"] == "written with the artifact"
     assert "calibrator entropy, not mse" in caplog.text
 
 
 def test_tensorrt_cache_is_written_and_read_back_without_data(tmp_path: Path) -> None:
     trt = tmp_path / "model.calib.cache"
     first = _run(net_model(), _calib(tmp_path), cache=str(trt))
-    assert first.facts["cache"] == "written tensorrt"
+    assert first.facts["cache"] == "written with the artifact (tensorrt format)"
     assert trt.read_text().startswith("TRT-") and "EntropyCalibration2\nx: " in trt.read_text()
     again = _run(net_model(), None, cache=str(trt))  # no --calib-data: the cache is enough
     assert again.facts["cache"] == "imported tensorrt"

@@ -90,3 +90,44 @@ def test_third_party_pass_and_backend_are_used_by_convert(cli_with_plugin: Cli, 
     assert not any(n.doc_string for n in onnx.load(str(out)).graph.node)
     check = cli_with_plugin("golden", "check", out, golden)
     assert check.returncode == 0, check.stderr
+
+
+def test_third_party_subcommand_and_flag(cli_with_plugin: Cli, tiny_path: Path, tmp_path: Path) -> None:
+    """The example plugin adds `convert opcount` and `--strip-docs-keep` without touching the core."""
+    help_text = cli_with_plugin("--help").stdout
+    assert "convert opcount" in help_text and "--strip-docs-keep" in help_text
+    res = cli_with_plugin("opcount", tiny_path, "--top", "1", "--json")
+    assert res.returncode == 0, res.stderr
+    counts = json.loads(res.stdout)
+    assert len(counts) == 1 and all(isinstance(v, int) and v > 0 for v in counts.values())
+    bad = cli_with_plugin("opcount", tiny_path, "--top", "x")
+    assert bad.returncode == 2 and bad.stderr.startswith("convert: error:") and len(bad.stderr.strip().splitlines()) == 1
+    m = onnx.load(str(tiny_path))
+    m.graph.node[0].doc_string = "KEEP me"
+    m.graph.doc_string = "drop me"
+    onnx.save_model(m, str(tiny_path))
+    out = tmp_path / "kept.onnx"
+    res = cli_with_plugin(tiny_path, "-p", "strip_docs", "--strip-docs-keep", "KEEP", "-b", "onnx", "-o", out, "--json")
+    assert res.returncode == 0, res.stderr
+    result = onnx.load(str(out))
+    assert result.graph.node[0].doc_string == "KEEP me" and result.graph.doc_string == ""
+    listed = json.loads(cli_with_plugin("plugins", "--json").stdout)
+    assert {"name": "opcount", "help": OPCOUNT_HELP, "source": "example"} in listed["commands"]
+    assert any(f["flag"] == "--strip-docs-keep" for f in listed["flags"])
+
+
+OPCOUNT_HELP = "count the ops of a model (an example plugin's subcommand)"
+
+
+def test_core_flags_cannot_be_taken_by_plugins() -> None:
+    from converter.convert_args import convert_parser
+    from converter.flags import OptionRegistry, PassInput
+
+    class Greedy:
+        @hookimpl
+        def converter_add_options(self, registry: OptionRegistry) -> None:
+            registry.add_pass_input(PassInput(key="seed2", flag="--seed", default=None, help="clash"))
+
+    plugins = load_plugins(entry_points_enabled=False, extra={"greedy": Greedy()})
+    with pytest.raises(PluginError, match="--seed, which convert already has"):
+        convert_parser(plugins)

@@ -13,8 +13,8 @@ import pytest
 
 from converter.backend_api import EmitContext, TensorSpec
 from converter.errors import UsageError
-from converter.plugins.tensorrt import _backend as trt_plugin
 from converter.plugins.tensorrt import InputRange, build_profiles, parse_batch, profiles_from_json, profiles_to_json, select_profile
+from converter.plugins.tensorrt import _backend as trt_plugin
 from tests.conftest import parse
 
 IMG = TensorSpec("x", "float32", ("batch", 3, 224, 224))

@@ -81,7 +81,8 @@ def model_hash(model: onnx.ModelProto) -> str:
     return digest.hexdigest()
 
 
-def save_json(cache: CalibrationCache, path: str | Path) -> None:
+def json_text(cache: CalibrationCache) -> str:
+    """Our JSON cache as text (what :func:`save_json` writes)."""
     doc = {
         "format": FORMAT,
         "version": VERSION,
@@ -91,7 +92,21 @@ def save_json(cache: CalibrationCache, path: str | Path) -> None:
         "samples": cache.samples,
         "tensors": {k: {"amax": r.amax, "min": r.min, "max": r.max} for k, r in sorted(cache.tensors.items())},
     }
-    Path(path).write_text(json.dumps(doc, indent=1) + "\n")
+    return json.dumps(doc, indent=1) + "\n"
+
+
+def save_json(cache: CalibrationCache, path: str | Path) -> None:
+    Path(path).write_text(json_text(cache))
+
+
+def is_our_cache(path: str | Path) -> bool:
+    """A calibration cache a run may replace: our JSON format, or TensorRT's text (``TRT-`` header)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return False
+    return head.startswith(b"TRT-") or f'"format": "{FORMAT}"'.encode() in head
 
 
 def _range(name: str, value: object, where: Path) -> TensorRange:

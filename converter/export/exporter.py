@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from converter.errors import ConverterError, ModelError, UsageError, describe_exception
+from converter.errors import ConverterError, ModelError, UsageError, describe_exception, shorten
 from converter.export.inputs import InputSpec, sample_feeds
 
 EXPORTERS = ("dynamo", "torchscript")
@@ -133,7 +133,7 @@ def export(torch: Any, model: Any, specs: Sequence[InputSpec], *, exporter: str,
         except Exception as exc:
             other = "torchscript" if exporter == "dynamo" else "dynamo"
             raise ModelError(f"the {exporter} exporter failed: {type(exc).__name__}: {describe_exception(exc)} (--debug shows the traceback; --exporter {other} may work)") from exc
-    seen = list(dict.fromkeys(f"{w.category.__name__}: {' '.join(str(w.message).split())[:300]}" for w in caught))
+    seen = list(dict.fromkeys(f"{w.category.__name__}: {shorten(str(w.message))}" for w in caught))
     if printed.getvalue().strip():
         log.debug("torch printed: %s", printed.getvalue().strip()[:2000])
     return Exported(proto, exporter, names, batch, time.perf_counter() - started, seen)

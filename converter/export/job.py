@@ -26,7 +26,8 @@ from converter.export.torch_env import require_torch
 from converter.export.verify import VerifyReport, verify
 from converter.golden import MANIFEST, GoldenCase
 from converter.graph_info import graph_inputs, graph_outputs
-from converter.model_io import atomic_outputs, commit, ensure_not_input, write_model
+from converter.model_io import ensure_not_input, write_model
+from converter.staging import commit_files, staging_folder
 
 log = logging.getLogger("converter.export")
 
@@ -162,7 +163,7 @@ def run_export(req: ExportRequest, planned: Plan | None = None) -> ExportOutcome
     for text in exported.warnings:
         log.info("torch warned: %s", text)
     batches: list[int | None] = [None] if req.static else list(req.batches)
-    with atomic_outputs(p.output.parent) as staging:
+    with staging_folder(p.output.parent) as staging:
         staged = write_model(exported.proto, staging / p.output.name)
         log.info("checking %s with onnx.checker (full_check)", p.output.name)
         check_file(staged[0])
@@ -172,8 +173,7 @@ def run_export(req: ExportRequest, planned: Plan | None = None) -> ExportOutcome
         if not report and not req.keep_failed:
             raise ExportCheckFailed(outcome)
         targets = [p.output.parent / s.name for s in staged]
-        for s, t in sorted(zip(staged, targets), key=lambda st: st[0] == staged[0]):  # data first, the model last
-            commit(s, t)
+        commit_files(sorted(zip(staged, targets), key=lambda st: st[0] == staged[0]))  # data first, the model last
         outcome.written = targets
     if not report:
         raise ExportCheckFailed(outcome)

@@ -21,7 +21,7 @@ from typing import Any
 from converter.errors import ModelError, UsageError, describe_exception
 
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-SYNTAX = "package.module:factory, e.g. tests.export_models:small_cnn"
+SYNTAX = "package.module:factory, e.g. mypkg.models:resnet18"
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from converter.errors import describe_exception
+
 Dims = tuple[int | None, ...]
 
 _SMALL = 64
@@ -65,7 +67,7 @@ def _symbolic_fill(skel: onnx.ModelProto, shapes: dict[str, Dims], types: dict[s
     try:
         out = symbolic_infer(skel, auto_merge=False)
     except Exception as exc:  # a second opinion only: the analysis refuses where shapes stay unknown
-        log.info("dynamic_batch: ONNX Runtime symbolic shape inference failed (%s); unknown shapes stay unknown", " ".join(str(exc).split())[:200])
+        log.info("dynamic_batch: ONNX Runtime symbolic shape inference failed (%s); unknown shapes stay unknown", describe_exception(exc, 200))
         return
     _collect(out, shapes, types)
 
@@ -90,7 +92,7 @@ def _observed_fill(model: onnx.ModelProto, missing: list[str], shapes: dict[str,
         finally:
             del graph.output[n_before:]
     except Exception as exc:  # a third opinion only: the analysis refuses where shapes stay unknown
-        log.info("dynamic_batch: running the model to observe %d unknown shapes failed (%s)", len(wanted), " ".join(str(exc).split())[:200])
+        log.info("dynamic_batch: running the model to observe %d unknown shapes failed (%s)", len(wanted), describe_exception(exc, 200))
         return
     for name in wanted:
         if name in out:

@@ -21,12 +21,13 @@ from converter.calibration import CALIB_DATA, CALIB_RANDOM
 from converter.calibration.cache import (
     CalibrationCache,
     TensorRange,
-    export_tensorrt,
     import_tensorrt,
+    is_our_cache,
     is_tensorrt_file,
+    json_text,
     load_json,
     model_hash,
-    save_json,
+    to_tensorrt_text,
     trt_version_tag,
 )
 from converter.calibration.calibrators import Calibrator
@@ -100,17 +101,24 @@ def _batch_model(model: onnx.ModelProto, batch_size: int, tensors: list[str], ct
     return result.model, batch_size, False
 
 
-def _save(path: str, cache: CalibrationCache) -> str:
+CACHE = "calibration cache"
+
+
+def _save(path: str, cache: CalibrationCache, ctx: PassContext) -> str:
+    """Hand the cache to the run: it is written with the artifact, only when the run succeeds."""
     if _is_json_cache(path):
-        save_json(cache, path)
-        return "written"
-    export_tensorrt(cache, path, _default_trt_tag())
-    return "written tensorrt"
+        ctx.side_files.add(path, json_text(cache).encode(), CACHE, is_our_cache)
+        return "written with the artifact"
+    text = to_tensorrt_text({k: r.amax for k, r in cache.tensors.items()}, _default_trt_tag(), "EntropyCalibration2")
+    ctx.side_files.add(path, text.encode(), CACHE, is_our_cache)
+    return "written with the artifact (tensorrt format)"
 
 
 def calibrate(model: onnx.ModelProto, tensors: list[str], settings: CalibSettings, ctx: PassContext) -> Calibrated:
     """Ranges (amax, min, max) of ``tensors`` over the calibration data, or from the cache."""
     path = settings.cache
+    if path:
+        ctx.side_files.check(path, CACHE, is_our_cache)  # before any work: never the input, the artifact, a folder, or a foreign file
     if path and Path(path).is_file() and not _is_json_cache(path) and is_tensorrt_file(path):
         return _from_tensorrt_cache(path, tensors, ctx)
     source = open_source(ctx.inputs.get(CALIB_DATA), graph_inputs(model), allow_random=ctx.inputs.get(CALIB_RANDOM), samples=settings.samples, seed=ctx.seed, log=ctx.log)
@@ -140,5 +148,5 @@ def calibrate(model: onnx.ModelProto, tensors: list[str], settings: CalibSetting
         "data": source.description,
     }
     if path:
-        facts["cache"] = _save(path, CalibrationCache(label, ranges, hashes[0], hashes[1], collected.samples))
+        facts["cache"] = _save(path, CalibrationCache(label, ranges, hashes[0], hashes[1], collected.samples), ctx)
     return Calibrated(ranges, facts)

@@ -9,7 +9,7 @@ import onnx
 
 from converter.artifacts import base_manifest
 from converter.backend_api import Artifact, Availability, Backend, EmitContext, Runner
-from converter.errors import BackendError, BackendUnavailable
+from converter.errors import BackendError, BackendUnavailable, describe_exception
 from converter.model_io import PROTOBUF_LIMIT
 from converter.ort_session import make_session, session_options
 from converter.plugins.ort._lowering import lower_for_ort_cpu
@@ -96,7 +96,7 @@ class OrtBackend(Backend[OrtOptions]):
         try:
             make_session(model, providers=self.options.providers, options=so, provider_options=self._provider_options())
         except Exception as exc:
-            raise BackendError(f"ONNX Runtime cannot build a session for the model: {' '.join(str(exc).split())[:300]}") from exc
+            raise BackendError(f"ONNX Runtime cannot build a session for the model: {describe_exception(exc)}") from exc
         files = sorted(p for p in ctx.staging.iterdir() if p.name.startswith(ctx.file_name))
         runner = OrtRunner(out, self.options.providers, self.options.threads, self._provider_options())
         manifest = base_manifest(

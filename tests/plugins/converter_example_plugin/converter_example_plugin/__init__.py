@@ -1,7 +1,11 @@
-"""A third-party plugin: the ``strip_docs`` pass and the ``reference`` backend (onnx.reference)."""
+"""A third-party plugin: the ``strip_docs`` pass (with a ``--strip-docs-keep`` flag), the ``reference``
+backend (onnx.reference) and the ``opcount`` subcommand. It touches nothing in converter's core:
+everything arrives through the hooks in ``converter.hookspecs``."""
 
 from __future__ import annotations
 
+import argparse
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,11 +14,18 @@ import onnx
 from onnx.reference import ReferenceEvaluator
 
 from converter.backend_api import Artifact, Availability, Backend, EmitContext, Runner, TensorSpec
+from converter.command_api import Command, emit_json
+from converter.flags import PassInput
 from converter.graph_info import graph_inputs, graph_outputs, iter_graphs
 from converter.hookspecs import hookimpl
-from converter.model_io import write_model
+from converter.model_io import load_model, write_model
 from converter.options import NoOptions
 from converter.pass_api import Pass, PassContext, PassResult
+
+KEEP = PassInput[str | None](
+    key="strip_docs_keep", flag="--strip-docs-keep", default=None, metavar="TEXT", group="example plugin",
+    help="strip_docs keeps doc strings that contain TEXT",
+)
 
 
 @dataclass(frozen=True)
@@ -28,18 +39,12 @@ class StripDocsPass(Pass[StripDocsOptions]):
     Options = StripDocsOptions
 
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+        keep = ctx.inputs.get(KEEP)
         removed = 0
-        if model.doc_string:
-            model.doc_string = ""
-            removed += 1
-        for g in iter_graphs(model.graph):
-            if g.doc_string:
-                g.doc_string = ""
+        for holder in [model, *(x for g in iter_graphs(model.graph) for x in (g, *g.node))]:
+            if holder.doc_string and not (keep and keep in holder.doc_string):
+                holder.doc_string = ""
                 removed += 1
-            for n in g.node:
-                if n.doc_string:
-                    n.doc_string = ""
-                    removed += 1
         if self.options.metadata and len(model.metadata_props):
             removed += len(model.metadata_props)
             del model.metadata_props[:]
@@ -85,3 +90,32 @@ def converter_register_passes(registry) -> None:  # type: ignore[no-untyped-def]
 @hookimpl
 def converter_register_backends(registry) -> None:  # type: ignore[no-untyped-def]
     registry.add(ReferenceBackend)
+
+
+class OpCountCommand(Command):
+    name = "opcount"
+    help = "count the ops of a model (an example plugin's subcommand)"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("model", type=Path)
+        parser.add_argument("--top", type=int, default=5, help="how many op types to list (default 5)")
+
+    def run(self, args: argparse.Namespace, plugins) -> int:  # type: ignore[no-untyped-def]
+        counts = Counter(n.op_type for g in iter_graphs(load_model(args.model).proto.graph) for n in g.node)
+        top = counts.most_common(args.top)
+        if args.json:
+            emit_json(dict(top))
+        else:
+            for op, n in top:
+                print(f"{op} {n}")
+        return 0
+
+
+@hookimpl
+def converter_register_commands(registry) -> None:  # type: ignore[no-untyped-def]
+    registry.add(OpCountCommand)
+
+
+@hookimpl
+def converter_add_options(registry) -> None:  # type: ignore[no-untyped-def]
+    registry.add_pass_input(KEEP)
