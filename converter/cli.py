@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from converter.command_api import ArgParser, Command, add_common, emit_json
 from converter.convert_args import convert_parser, request_from_args
 from converter.convert_job import GoldenFailed, convert
-from converter.errors import EXIT_INTERNAL, EXIT_OK, ConverterError, VerifyDrift
+from converter.errors import EXIT_INTERNAL, EXIT_OK, ConverterError, VerifyDrift, shorten
 from converter.plugin_manager import Plugins, load_plugins
 
 
@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConverterError as exc:
         if debug:
             traceback.print_exc()
-        print(f"convert: error: {exc}", file=sys.stderr)
+        print(f"convert: error: {shorten(str(exc), 1000)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("convert: interrupted (SIGINT); nothing was left behind", file=sys.stderr)
@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if debug:
             traceback.print_exc()
-        print(f"convert: internal error: {type(exc).__name__}: {exc} (a bug in converter; rerun with --debug for the traceback)", file=sys.stderr)
+        print(f"convert: internal error: {type(exc).__name__}: {shorten(str(exc), 500)} (a bug in converter; rerun with --debug for the traceback)", file=sys.stderr)
         return EXIT_INTERNAL
 
 

@@ -32,6 +32,8 @@ from converter.backend_api import Runner
 from converter.compare import DEFAULT_TOLERANCES, Comparison, Tolerance, compare
 from converter.errors import ModelError, UsageError
 from converter.feeds import Feeds
+from converter.golden_manifest import check_data_set, check_format, data_set_folders, numbered_files
+from converter.golden_manifest import tolerances as parse_tolerances
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -55,10 +57,10 @@ class GoldenCase:
         return str(self.manifest.get("name", self.path.name))
 
     def tolerance(self, precision: str) -> Tolerance:
-        tols = self.manifest.get("tolerances", {})
+        tols = parse_tolerances(self.manifest, self.path / MANIFEST)
         if precision not in tols and precision not in DEFAULT_TOLERANCES:
             raise UsageError(f"golden case {self.path} has no tolerance for precision '{precision}' (has: {', '.join(tols)})")
-        return Tolerance.from_json(tols[precision]) if precision in tols else DEFAULT_TOLERANCES[precision]
+        return tols[precision] if precision in tols else DEFAULT_TOLERANCES[precision]
 
     def model_path(self) -> Path:
         """Locate the case's model from its manifest source, and check its hash."""
@@ -94,22 +96,19 @@ def _read_tensor(path: Path) -> tuple[str, np.ndarray]:
     return t.name, numpy_helper.to_array(t)
 
 
-def _numbered(folder: Path, prefix: str) -> list[Path]:
-    files = [p for p in folder.glob(f"{prefix}_*.pb") if p.stem.split("_")[-1].isdigit()]
-    return sorted(files, key=lambda p: int(p.stem.split("_")[-1]))
-
-
 def read_data_set(folder: Path, input_names: list[str], output_names: list[str]) -> DataSet:
-    """Read one test_data_set folder; tensors without names are matched by position."""
-    def named(files: list[Path], names: list[str]) -> dict[str, np.ndarray]:
-        out = {}
-        for i, f in enumerate(files):
+    """Read one test_data_set folder; tensors without names are matched by their file's number."""
+    def named(prefix: str, names: list[str]) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for i, f in numbered_files(folder, prefix):
             name, arr = _read_tensor(f)
             key = name or (names[i] if i < len(names) else f.stem)
+            if key in out:
+                raise UsageError(f"golden data set {folder}: two {prefix} files hold tensor {key!r}; remove one")
             out[key] = arr
         return out
 
-    return DataSet(named(_numbered(folder, "input"), input_names), named(_numbered(folder, "output"), output_names), folder.name)
+    return DataSet(named("input", input_names), named("output", output_names), folder.name)
 
 
 def load_case(path: str | os.PathLike[str]) -> GoldenCase:
@@ -118,14 +117,17 @@ def load_case(path: str | os.PathLike[str]) -> GoldenCase:
     if not mp.is_file():
         raise UsageError(f"{p} is not a golden case (no {MANIFEST}); record one with 'convert golden record'")
     try:
-        manifest = json.loads(mp.read_text())
-    except json.JSONDecodeError as exc:
+        manifest = check_format(json.loads(mp.read_text()), mp, FORMAT)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"{mp} is not valid JSON: {exc}") from exc
-    sets = sorted((d for d in p.glob("test_data_set_*") if d.is_dir()), key=lambda d: int(d.name.rsplit("_", 1)[-1]))
+    sets = data_set_folders(p)
     if not sets:
         raise UsageError(f"golden case {p} has no test_data_set_N folder")
     ins, outs = list(manifest.get("inputs", [])), list(manifest.get("outputs", []))
-    return GoldenCase(p, manifest, [read_data_set(d, ins, outs) for d in sets])
+    data_sets = [read_data_set(d, ins, outs) for d in sets]
+    for ds in data_sets:
+        check_data_set(p, ds.name, ds.inputs, ds.outputs, ins, outs)
+    return GoldenCase(p, manifest, data_sets)
 
 
 def package_source(model_path: Path) -> dict[str, str] | None:
@@ -168,6 +170,8 @@ def record_case(
     """Write a case atomically (staged beside ``out_dir``, then renamed into place)."""
     if out_dir.exists() and not force:
         raise UsageError(f"golden case {out_dir} already exists; reference outputs change only on purpose: pass --force to replace it")
+    policies = {k: v.to_json() for k, v in (tolerances or DEFAULT_TOLERANCES).items()}
+    parse_tolerances({"tolerances": policies}, out_dir / MANIFEST)  # a case that could not fail is never written
     source: dict[str, str]
     if copy_model:
         source = {"kind": "file", "path": "model.onnx"}
@@ -181,7 +185,7 @@ def record_case(
         "model": {"sha256": model_sha256, "source": source, "recipe": recipe},
         "inputs": input_names,
         "outputs": output_names,
-        "tolerances": {k: v.to_json() for k, v in (tolerances or DEFAULT_TOLERANCES).items()},
+        "tolerances": policies,
         "recorded": {
             "converter": __version__,
             "onnxruntime": onnxruntime.__version__,

@@ -20,7 +20,8 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
-from converter.errors import ModelError, UsageError
+from converter.errors import ModelError, UsageError, describe_exception
+from converter.external_data import check_external_data, load_remaining_external_data
 
 # Protobuf cannot serialize a single message of 2 GiB or more.
 PROTOBUF_LIMIT = 2**31 - 1
@@ -53,15 +54,6 @@ def sha256_of_files(paths: Iterable[Path]) -> str:
     return digest.hexdigest()
 
 
-def _external_locations(model: onnx.ModelProto) -> list[str]:
-    seen: dict[str, None] = {}
-    for tensor in external_data_helper._get_all_tensors(model):
-        if external_data_helper.uses_external_data(tensor):
-            info = external_data_helper.ExternalDataInfo(tensor)
-            seen.setdefault(info.location, None)
-    return list(seen)
-
-
 def load_model(path: str | os.PathLike[str]) -> LoadedModel:
     """Load an ONNX model; every failure is a :class:`ModelError` saying what to do."""
     p = Path(path)
@@ -82,16 +74,15 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
         raise ModelError(f"{p} is not a valid ONNX model (protobuf parse failed: {exc}); is the file truncated or not an .onnx file?") from exc
     if proto.ir_version <= 0 or not proto.HasField("graph") or not (len(proto.graph.node) or len(proto.graph.output)):
         raise ModelError(f"{p} does not contain an ONNX graph; pass a model exported to .onnx")
-    locations = _external_locations(proto)
-    files = [p.parent / loc for loc in locations]
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise ModelError(f"{p} stores weights in external files that are missing: {', '.join(missing)}; keep them beside the model")
+    # every reference (sparse and attribute tensors too) must be a file inside the model's folder
+    files = check_external_data(proto, p)
     if files:
         try:
             external_data_helper.load_external_data_for_model(proto, str(p.parent))
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"cannot read external data of {p}: {exc}") from exc
+        except (OSError, ValueError, onnx.checker.ValidationError) as exc:
+            raise ModelError(f"cannot read external data of {p}: {describe_exception(exc)}") from exc
+        # ONNX's loader skips sparse tensors; ONNX Runtime would resolve them against the CWD
+        load_remaining_external_data(proto, p)
     return LoadedModel(proto=proto, path=p, sha256=sha256_of_files([p, *files]), external_data_files=files)
 
 

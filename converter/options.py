@@ -3,16 +3,22 @@
 Fields carry their help in ``metadata={"help": ...}``. Supported field types:
 bool, int, float, str, ``Literal[...]`` (a choice), ``tuple[T, ...]`` (a list
 written ``[a,b]`` or ``a|b``) and ``Optional`` of any of these (``none`` clears it).
+
+Every numeric option has a documented range, ``metadata={"range": (low, high)}``
+(inclusive; :func:`bounded` writes both): values outside it are usage errors, and
+``convert passes`` shows it. A numeric field without one still gets the widest safe
+range (int64, finite floats), but built-in options must declare theirs (a test checks).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 from collections.abc import Mapping
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from converter.errors import UsageError
+from converter.errors import UsageError, shorten
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +32,39 @@ class OptionInfo:
     type_text: str
     default: Any
     help: str
+    range: tuple[float, float] | None = None
+
+
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def bounded(low: float, high: float, help: str) -> dict[str, Any]:
+    """Field metadata for a numeric option: its help and its inclusive range."""
+    return {"help": help, "range": (low, high)}
+
+
+def _numeric(tp: Any) -> type | None:
+    _, inner = _is_optional(tp)
+    if get_origin(inner) is tuple:
+        inner = get_args(inner)[0]
+    return inner if inner in (int, float) else None
+
+
+def _check_range(value: Any, rng: tuple[float, float] | None, kind: type, where: str) -> None:
+    values = value if isinstance(value, tuple) else (value,)
+    low, high = rng if rng is not None else (INT64 if kind is int else (-math.inf, math.inf))
+    for v in values:
+        if v is None:
+            continue
+        if isinstance(v, float) and not math.isfinite(v):
+            raise UsageError(f"{where}: {v} is not a finite number")
+        if not low <= v <= high:
+            raise UsageError(f"{where}: {_short(v)} is outside its range [{low:g}, {high:g}]")
+
+
+def _short(v: Any) -> str:
+    text = str(v)
+    return text if len(text) <= 24 else text[:10] + "..." + text[-6:]
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -73,7 +112,7 @@ def parse_value(tp: Any, text: str, where: str) -> Any:
     if origin is Literal:
         choices = [str(a) for a in get_args(inner)]
         if raw not in choices:
-            raise UsageError(f"{where}: '{raw}' is not one of {', '.join(choices)}")
+            raise UsageError(f"{where}: '{shorten(raw, 60)}' is not one of {', '.join(choices)}")
         return get_args(inner)[choices.index(raw)]
     if origin is tuple:
         elem = get_args(inner)[0]
@@ -84,17 +123,17 @@ def parse_value(tp: Any, text: str, where: str) -> Any:
             return True
         if low in _FALSE:
             return False
-        raise UsageError(f"{where}: '{raw}' is not a boolean (use true or false)")
+        raise UsageError(f"{where}: '{shorten(raw, 60)}' is not a boolean (use true or false)")
     if inner is int:
         try:
             return int(raw, 0)
         except ValueError:
-            raise UsageError(f"{where}: '{raw}' is not an integer") from None
+            raise UsageError(f"{where}: '{shorten(raw, 60)}' is not an integer") from None
     if inner is float:
         try:
             return float(raw)
         except ValueError:
-            raise UsageError(f"{where}: '{raw}' is not a number") from None
+            raise UsageError(f"{where}: '{shorten(raw, 60)}' is not a number") from None
     if inner is str:
         return raw
     raise TypeError(f"unsupported option type {inner!r} for {where}")  # a bug in the plugin's options class
@@ -110,7 +149,9 @@ def option_infos(options_cls: type) -> list[OptionInfo]:
             default = f.default_factory()
         else:
             default = dataclasses.MISSING
-        infos.append(OptionInfo(f.name, type_text(hints[f.name]), default, str(f.metadata.get("help", ""))))
+        rng = f.metadata.get("range")
+        text = type_text(hints[f.name]) + (f" in [{rng[0]:g}, {rng[1]:g}]" if rng else "")
+        infos.append(OptionInfo(f.name, text, default, str(f.metadata.get("help", "")), rng))
     return infos
 
 
@@ -123,8 +164,12 @@ def build_options(options_cls: type, raw: Mapping[str, str], owner: str) -> Any:
     unknown = [k for k in raw if k not in fields]
     if unknown:
         valid = ", ".join(sorted(fields)) or "none (it takes no options)"
-        raise UsageError(f"{owner}: unknown option '{unknown[0]}'; valid options: {valid}")
+        raise UsageError(f"{owner}: unknown option '{shorten(unknown[0], 60)}'; valid options: {valid}")
     values = {k: parse_value(hints[k], v, f"{owner} option '{k}'") for k, v in raw.items()}
+    for k, v in values.items():
+        kind = _numeric(hints[k])
+        if kind is not None:
+            _check_range(v, fields[k].metadata.get("range"), kind, f"{owner} option '{k}'")
     missing = [n for n, f in fields.items() if n not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
         raise UsageError(f"{owner}: option '{missing[0]}' is required")
@@ -142,4 +187,4 @@ def options_as_dict(options: Any) -> dict[str, Any]:
     return out
 
 
-__all__ = ["NoOptions", "OptionInfo", "build_options", "option_infos", "options_as_dict", "parse_value", "type_text"]
+__all__ = ["NoOptions", "OptionInfo", "bounded", "build_options", "option_infos", "options_as_dict", "parse_value", "type_text"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from converter.errors import UsageError
+from converter.errors import UsageError, shorten
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 
@@ -34,14 +34,14 @@ def _split_top(text: str, sep: str) -> list[str]:
         elif not quoted and ch in "}]":
             depth -= 1
             if depth < 0:
-                raise UsageError(f"pipeline '{text}': unbalanced '{ch}'")
+                raise UsageError(f"pipeline '{shorten(text, 80)}': unbalanced '{ch}'")
         if ch == sep and depth == 0 and not quoted:
             parts.append("".join(cur))
             cur = []
         else:
             cur.append(ch)
     if depth != 0 or quoted:
-        raise UsageError(f"pipeline '{text}': unclosed brace, bracket or quote")
+        raise UsageError(f"pipeline '{shorten(text, 80)}': unclosed brace, bracket or quote")
     parts.append("".join(cur))
     return parts
 
@@ -59,22 +59,22 @@ def parse_step(text: str) -> Step:
         raise UsageError("pipeline has an empty item (two commas in a row?)")
     if "{" in item:
         if not item.endswith("}"):
-            raise UsageError(f"pipeline item '{item}': options must be written name{{key=value,...}}")
+            raise UsageError(f"pipeline item '{shorten(item, 80)}': options must be written name{{key=value,...}}")
         name, body = item[: item.index("{")].strip(), item[item.index("{") + 1 : -1]
     else:
         name, body = item, ""
     if not _NAME.match(name):
-        raise UsageError(f"pipeline item '{item}': '{name}' is not a valid name")
+        raise UsageError(f"pipeline item '{shorten(item, 80)}': '{shorten(name, 60)}' is not a valid name")
     options: dict[str, str] = {}
     for pair in _split_top(body, ","):
         if not pair.strip():
             continue
         if "=" not in pair:
-            raise UsageError(f"pipeline item '{item}': option '{pair.strip()}' must be key=value")
+            raise UsageError(f"pipeline item '{shorten(item, 80)}': option '{shorten(pair.strip(), 60)}' must be key=value")
         key, value = pair.split("=", 1)
         key = key.strip()
         if key in options:
-            raise UsageError(f"pipeline item '{item}': option '{key}' given twice")
+            raise UsageError(f"pipeline item '{shorten(item, 80)}': option '{key}' given twice")
         options[key] = _unquote(value)
     return Step(name, options)
 

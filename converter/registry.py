@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from converter.backend_api import Backend
-from converter.errors import PluginError, UsageError
+from converter.errors import PluginError, UsageError, shorten
 from converter.pass_api import Pass
 
 T = TypeVar("T")
@@ -57,7 +57,7 @@ class _Registry(Generic[T]):
             return self._entries[name]
         except KeyError:
             valid = ", ".join(sorted(self._entries)) or "none"
-            raise UsageError(f"unknown {self.kind} '{name}'; available: {valid}") from None
+            raise UsageError(f"unknown {self.kind} '{shorten(name, 60)}'; available: {valid}") from None
 
     def names(self) -> list[str]:
         return sorted(self._entries)

@@ -32,6 +32,7 @@ from converter.feeds import parse_shapes
 from converter.graph_edit import node_inputs
 from converter.graph_info import graph_inputs, node_count
 from converter.model_io import PROTOBUF_LIMIT
+from converter.options import bounded
 from converter.pass_api import Pass, PassContext, PassResult
 from converter.passes.fold_constants import QDQ_OPS, constant_node_tensor, delete_at, is_default_domain
 
@@ -52,7 +53,7 @@ class SimplifyOptions:
     skip_constant_folding: bool = field(default=False, metadata={"help": "skip onnxsim's constant folding"})
     skip_shape_inference: bool = field(default=False, metadata={"help": "skip onnxsim's shape inference (when it crashes on a model)"})
     input_shapes: tuple[str, ...] = field(default=(), metadata={"help": "overwrite input shapes, e.g. [x:1x3x224x224,mask:1x77] (fixes the interface's dims)"})
-    check_n: int = field(default=0, metadata={"help": "onnxsim's own check with N random inputs (0: off; the pass manager's --verify checks numerics)"})
+    check_n: int = field(default=0, metadata=bounded(0, 10_000, "onnxsim's own check with N random inputs (0: off; the pass manager's --verify checks numerics)"))
     protect_qdq: bool = field(default=True, metadata={"help": "hide the constant inputs of QuantizeLinear/DequantizeLinear from folding, so quantized weights stay int8"})
     on_failure: Literal["error", "skip"] = field(default="error", metadata={"help": "when onnxsim cannot run: error fails the pass, skip leaves the model unchanged and says why"})
 

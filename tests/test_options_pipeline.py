@@ -70,3 +70,47 @@ def test_option_infos_document_fields() -> None:
     assert infos["count"].help == "how many" and infos["count"].default == 3
     assert infos["mode"].type_text == "fast|exact"
     assert infos["limit"].type_text == "int | none"
+
+
+def test_every_builtin_numeric_option_has_a_range() -> None:
+    """DESIGN: every numeric option has a documented range (shown by `convert passes`, enforced when parsed)."""
+    import dataclasses
+    from typing import get_type_hints
+
+    from converter.options import _numeric
+    from converter.plugin_manager import load_plugins
+
+    plugins = load_plugins(entry_points_enabled=False)
+    missing = []
+    for entry in [*plugins.passes.entries(), *plugins.backends.entries()]:
+        hints = get_type_hints(entry.cls.Options)
+        for f in dataclasses.fields(entry.cls.Options):
+            if _numeric(hints[f.name]) is not None and "range" not in f.metadata:
+                missing.append(f"{entry.cls.name}.{f.name}")
+    assert not missing, f"numeric options without a range: {missing}"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("ort{threads=1000000}", "threads': 1000000 is outside its range [0, 256]"),
+    ("ort{threads=99999999999999999999999999999999}", "is outside its range [0, 256]"),
+    ("ort{threads=-1}", "is outside its range"),
+])
+def test_out_of_range_backend_options_are_usage_errors(cli, tiny_path, tmp_path, text: str, message: str) -> None:  # noqa: ANN001
+    res = cli(tiny_path, "-b", text, "-o", tmp_path / "o.onnx")
+    assert res.returncode == 2 and message in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "o.onnx").exists()
+
+
+@pytest.mark.parametrize("pipeline", ["qdq{percentile=nan}", "qdq{samples=0}", "fold_constants{size_limit_mib=inf}", "fp16{max_finite_val=1e9}"])
+def test_out_of_range_pass_options_are_usage_errors(pipeline: str) -> None:
+    from converter.pass_manager import build_passes
+    from converter.pipeline_text import parse_pipeline
+    from converter.plugin_manager import load_plugins
+
+    with pytest.raises(UsageError, match="range|finite"):
+        build_passes(parse_pipeline(pipeline), load_plugins(entry_points_enabled=False).passes)
+
+
+def test_long_user_text_is_clipped_in_messages(cli) -> None:  # noqa: ANN001
+    res = cli("model.onnx", "-p", "x" * 100_000)
+    assert res.returncode == 2 and len(res.stderr) < 600, len(res.stderr)

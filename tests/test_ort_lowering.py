@@ -227,3 +227,32 @@ def test_cpu_flags_reads_proc_cpuinfo_text() -> None:
     assert _cpu.cpu_flags(x86) == {"fpu", "sse2", "avx2", "avx512_vnni"}
     assert _cpu.cpu_flags("processor\t: 0\nFeatures\t: fp asimd asimddp\n") == {"fp", "asimd", "asimddp"}
     assert _cpu.cpu_flags("processor\t: 0\n") is None
+
+
+@pytest.mark.parametrize(("op", "float_weight"), [("MatMul", False), ("Gemm", False), ("Gemm", True)])
+def test_u8_weights_of_matmul_and_gemm(op: str, float_weight: bool) -> None:
+    """MatMul (QLinearMatMul) and Gemm (QGemm) weights too; a float Gemm weight (transB=1) is quantized per output row."""
+    rng = np.random.default_rng(4)
+    k, n = 64, 32
+    wq = (rng.integers(64, 128, (n, k)) * rng.choice([-1, 1], (n, 1))).astype(np.int8)  # N x K: Gemm transB=1
+    ws = np.full(n, 1e-3, np.float32)
+    s_out = k * 4.0 * 1e-3  # |y| <= k * amax * 127*ws: amax_out / 127
+    inits = [numpy_helper.from_array(np.array(4 / 127, np.float32), "sa"), numpy_helper.from_array(np.array(0, np.int8), "z"),
+             numpy_helper.from_array(np.array(s_out, np.float32), "so")]
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("QuantizeLinear", ["a", "sa", "z"], ["aq"]),
+             helper.make_node("DequantizeLinear", ["aq", "sa", "z"], ["ad"])]
+    if float_weight:
+        inits.append(numpy_helper.from_array(wq.astype(np.float32) * ws[:, None], "w"))
+    else:
+        w = wq if op == "Gemm" else np.ascontiguousarray(wq.T)
+        inits += [numpy_helper.from_array(w, "wq"), numpy_helper.from_array(ws, "ws"), numpy_helper.from_array(np.zeros(n, np.int8), "wz")]
+        nodes.append(helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=0 if op == "Gemm" else 1))
+    nodes += [helper.make_node(op, ["ad", "w"], ["c"], **({"transB": 1} if op == "Gemm" else {})),
+              helper.make_node("QuantizeLinear", ["c", "so", "z"], ["cq"]), helper.make_node("DequantizeLinear", ["cq", "so", "z"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4, k])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4, n])], inits)
+    low = lower_for_ort_cpu(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), weights="u8")
+    assert low.u8_weights == ["w" if float_weight else "wq"]
+    onnx.checker.check_model(low.model, full_check=True)
+    x = rng.uniform(3, 4, (4, k)).astype(np.float32)
+    assert np.abs(_run(low.model, x) - _run(low.model, x, "ORT_DISABLE_ALL")).max() <= 1.01 * s_out

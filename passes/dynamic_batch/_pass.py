@@ -25,6 +25,7 @@ from converter.batch_verify import check_batch_stacking
 from converter.errors import PassRefused, UsageError
 from converter.graph_edit import node_inputs, replace_repeated, topological_sort
 from converter.graph_info import opset_version
+from converter.options import bounded
 from converter.pass_api import Effect, Pass, PassContext, PassResult
 from converter.passes.dynamic_batch._analysis import Analysis, Refuse, Rewrite, fmt_flag, plain
 from converter.passes.dynamic_batch._graph import GraphEdits
@@ -68,10 +69,10 @@ class BatchDependenceError(PassRefused):
 @dataclass(frozen=True)
 class DynamicBatchOptions:
     name: str = field(default="batch", metadata={"help": "name of the symbolic batch dim (dim_param)"})
-    dim: int | None = field(default=None, metadata={"help": "the static batch the model was exported with (default: dim 0 of the first input)"})
+    dim: int | None = field(default=None, metadata=bounded(1, 1_000_000, "the static batch the model was exported with (default: dim 0 of the first input)"))
     inputs: tuple[str, ...] = field(default=(), metadata={"help": "inputs whose dim 0 is the batch (default: every input)"})
     verify: bool = field(default=True, metadata={"help": "run the result on verify_batch stacked seeded samples and refuse it unless it equals the original run on each sample"})
-    verify_batch: int = field(default=3, metadata={"help": "samples stacked in that self-check (batch = verify_batch x the old batch)"})
+    verify_batch: int = field(default=3, metadata=bounded(2, 64, "samples stacked in that self-check (batch = verify_batch x the old batch)"))
     repair: bool = field(default=False, metadata={"help": "inputs already have a symbolic batch: still find and rewrite nodes that hard-code it (as batch dim, default 1)"})
 
     def __post_init__(self) -> None:

@@ -9,6 +9,7 @@ import onnx
 from onnx import helper
 
 from converter.graph_edit import node_inputs
+from converter.options import bounded
 from converter.passes.fold_constants._constants import (
     DEFAULT_DOMAINS,
     MIB,
@@ -21,7 +22,7 @@ from converter.passes.fold_constants._constants import (
 
 @dataclass(frozen=True)
 class FoldConstantsOptions:
-    size_limit_mib: float = field(default=64.0, metadata={"help": "do not materialize a folded tensor larger than this (MiB); such nodes stay and are reported"})
+    size_limit_mib: float = field(default=64.0, metadata=bounded(1e-6, 1 << 20, "do not materialize a folded tensor larger than this (MiB); such nodes stay and are reported"))
     constant_nodes: bool = field(default=True, metadata={"help": "turn Constant nodes into initializers"})
     fold_shapes: bool = field(default=True, metadata={"help": "fold Shape/Size of tensors whose shape is static (bakes those dims into constants)"})
 

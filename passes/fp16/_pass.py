@@ -35,6 +35,7 @@ from converter.errors import PassRefused, describe_exception
 from converter.graph_edit import node_inputs, topological_sort
 from converter.graph_info import initializer_bytes
 from converter.onnx_calls import infer_shapes
+from converter.options import bounded
 from converter.pass_api import Pass, PassContext, PassResult
 from converter.passes.fp16._policy import (
     DEFAULT_OP_BLOCK_LIST,
@@ -59,8 +60,8 @@ class Fp16Options:
     keep_io_types: bool = field(default=True, metadata={"help": "graph inputs and outputs stay float32, with Cast nodes at the boundary"})
     op_block_list: tuple[str, ...] = field(default=DEFAULT_OP_BLOCK_LIST, metadata={"help": "op types kept in float32 (replaces the default list: ML-domain, random, Q/DQ, TopK, NonMaxSuppression, RoiAlign, Range, CumSum, sums of squares, DFT/STFT; each default says why)"})
     node_block_list: tuple[str, ...] = field(default=(), metadata={"help": "node names kept in float32"})
-    min_positive_val: float = field(default=1e-7, metadata={"help": "nonzero constants smaller than this are clamped to it (sign kept) instead of flushing to zero in fp16"})
-    max_finite_val: float = field(default=1e4, metadata={"help": "constants with a finite value beyond this stay float32, and so do their consumers"})
+    min_positive_val: float = field(default=1e-7, metadata=bounded(0.0, 1.0, "nonzero constants smaller than this are clamped to it (sign kept) instead of flushing to zero in fp16"))
+    max_finite_val: float = field(default=1e4, metadata=bounded(1.0, 65504.0, "constants with a finite value beyond this stay float32, and so do their consumers"))
 
     def __post_init__(self) -> None:
         if not 0 < self.min_positive_val < 1:

@@ -29,6 +29,7 @@ from converter.calibration.calibrators import Calibrator, scale_of
 from converter.calibration.collector import value_infos
 from converter.errors import PassRefused
 from converter.graph_info import iter_graphs, opset_version
+from converter.options import bounded
 from converter.pass_api import Pass, PassContext, PassResult
 from converter.passes.qdq._calibrate import CalibSettings, calibrate
 from converter.passes.qdq._insert import Inserted, insert_qdq
@@ -43,13 +44,13 @@ _LISTED = 6
 @dataclass(frozen=True)
 class QdqOptions:
     calibrator: Literal["minmax", "percentile", "entropy", "mse"] = field(default="entropy", metadata={"help": "how amax is chosen from the activations seen: minmax, percentile, entropy (TensorRT's KL search), mse"})
-    percentile: float = field(default=99.99, metadata={"help": "percentile calibrator: the percentile of |x| taken as amax"})
+    percentile: float = field(default=99.99, metadata=bounded(50.0, 100.0, "percentile calibrator: the percentile of |x| taken as amax"))
     op_types: tuple[str, ...] = field(default=(), metadata={"help": "more op types whose float activation inputs get Q/DQ (e.g. [MaxPool,Concat])"})
     exclude: tuple[str, ...] = field(default=(), metadata={"help": "nodes kept float: node names or op types, or glob patterns of either (e.g. [head/*,Gemm])"})
     keep_first_last: bool = field(default=False, metadata={"help": "keep the first and the last quantizable layers in float"})
     per_channel: bool = field(default=True, metadata={"help": "weights per output channel (false: one scale per weight)"})
-    samples: int = field(default=512, metadata={"help": "calibration samples used at most"})
-    batch_size: int = field(default=8, metadata={"help": "samples per calibration batch (a static batch-1 model is made dynamic on a copy, or fed one by one)"})
+    samples: int = field(default=512, metadata=bounded(1, 10_000_000, "calibration samples used at most"))
+    batch_size: int = field(default=8, metadata=bounded(1, 65536, "samples per calibration batch (a static batch-1 model is made dynamic on a copy, or fed one by one)"))
     cache: str | None = field(default=None, metadata={"help": "calibration cache: PATH.json (ours, reused when calibrator, model and data match) or a TensorRT cache text file (read as is, written after calibration)"})
     qat_check: bool = field(default=True, metadata={"help": "a model that already holds Q/DQ: fail unless every zero point is 0 and every scale finite and positive"})
 

@@ -11,6 +11,7 @@ from converter.artifacts import base_manifest
 from converter.backend_api import Artifact, Availability, Backend, EmitContext, Runner
 from converter.errors import BackendError, BackendUnavailable, describe_exception
 from converter.model_io import PROTOBUF_LIMIT
+from converter.options import bounded
 from converter.ort_session import make_session, session_options
 from converter.plugins.ort._lowering import lower_for_ort_cpu
 from converter.plugins.ort._runner import OrtRunner
@@ -23,10 +24,15 @@ class OrtOptions:
         default="extended",
         metadata={"help": "graph optimizations baked into the artifact; 'all' adds layout changes tied to this CPU's instruction set"},
     )
-    threads: int = field(default=0, metadata={"help": "intra-op threads of the runner (0: ORT decides)"})
+    threads: int = field(default=0, metadata=bounded(0, 256, "intra-op threads of the runner (0: ORT decides)"))
     lower_qdq: bool = field(
         default=True,
         metadata={"help": "activation Q/DQ as uint8 for ORT's CPU kernels: after Relu/ReLU6 zero point 0 (same range, finer steps), else zero point 128 (same grid)"},
+    )
+    qdq_weights: Literal["auto", "s8", "u8"] = field(
+        default="auto",
+        metadata={"help": "weights read with uint8 activations: s8 (u8s8 kernels, fastest where the CPU has VNNI), u8 (u8u8, exact on every x86 CPU), "
+                  "auto: s8 only where this CPU's u8s8 kernels do not saturate (AVX2 without VNNI saturates); pick u8 when the target CPU differs"},
     )
     provider_options: str | None = field(
         default=None,
@@ -83,9 +89,10 @@ class OrtBackend(Backend[OrtOptions]):
 
         self.preflight()
         lowered: list[str] = []
+        weight_form = None
         if self.options.lower_qdq and any(n.op_type == "QuantizeLinear" for n in model.graph.node):
-            lowering = lower_for_ort_cpu(model)
-            model, lowered = lowering.model, [*lowering.lowered, *lowering.shifted]
+            lowering = lower_for_ort_cpu(model, self.options.qdq_weights)
+            model, lowered, weight_form = lowering.model, [*lowering.lowered, *lowering.shifted], lowering.weights
             ctx.log.info("ort: activation Q/DQ pairs as uint8 for ORT's fused kernels: %d after Relu/Clip (zero point 0), %d shifted (zero point 128)", len(lowering.lowered), len(lowering.shifted))
         out = ctx.staging / ctx.file_name
         so = session_options(self.options.threads, self.options.opt_level)
@@ -113,6 +120,7 @@ class OrtBackend(Backend[OrtOptions]):
                 "threads": self.options.threads,
                 "portable": self.options.opt_level in ("disable", "basic", "extended"),
                 "qdq_lowered_to_uint8": len(lowered),
+                "qdq_weights": weight_form,
             },
         )
         return Artifact(self.name, out, manifest, files)

@@ -20,6 +20,7 @@ from converter.backend_api import Artifact, Availability, Backend, EmitContext, 
 from converter.errors import BackendError
 from converter.graph_info import graph_inputs, graph_outputs
 from converter.model_io import write_model
+from converter.options import bounded
 from converter.plugins.tensorrt._profiles import Profile, build_profiles, profiles_to_json
 
 SUPPORTED_MAJORS = (10, 11)
@@ -31,11 +32,11 @@ class TensorRTOptions:
     opt_shapes: str | None = field(default=None, metadata={"help": "opt shapes, same syntax as min_shapes"})
     max_shapes: str | None = field(default=None, metadata={"help": "max shapes, same syntax as min_shapes"})
     batch: str | None = field(default=None, metadata={"help": "MIN..OPT..MAX for models whose only dynamic dim is the batch (default 1..8..32)"})
-    workspace_mib: int | None = field(default=None, metadata={"help": "builder workspace limit in MiB (default: TensorRT's, the device memory)"})
-    opt_level: int | None = field(default=None, metadata={"help": "builder optimization level 0-5 (default: TensorRT's, 3)"})
+    workspace_mib: int | None = field(default=None, metadata=bounded(1, 1 << 24, "builder workspace limit in MiB (default: TensorRT's, the device memory)"))
+    opt_level: int | None = field(default=None, metadata=bounded(0, 5, "builder optimization level 0-5 (default: TensorRT's, 3)"))
     timing_cache: str | None = field(default=None, metadata={"help": "timing cache file to load and update (one from another version or GPU is ignored with a warning)"})
     strongly_typed: bool = field(default=True, metadata={"help": "TensorRT 10: strongly typed network (precision from the graph); TensorRT 11 always is"})
-    device: int = field(default=0, metadata={"help": "CUDA device index"})
+    device: int = field(default=0, metadata=bounded(0, 1023, "CUDA device index"))
     target_version: str | None = field(default=None, metadata={"help": "'convert check': lint for this TensorRT version, e.g. 10.8 (default: the installed one, else the newest documented)"})
 
     def __post_init__(self) -> None:
