@@ -19,11 +19,14 @@ import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import onnxruntime as ort
+
 from converter.command_api import ArgParser, Command, add_common, emit_json
 from converter.convert_args import convert_parser, request_from_args
 from converter.convert_job import GoldenFailed, convert
 from converter.errors import EXIT_INTERNAL, EXIT_OK, ConverterError, VerifyDrift, shorten
 from converter.plugin_manager import Plugins, load_plugins
+from converter.text_table import printable
 
 
 def cmd_convert(args: argparse.Namespace, plugins: Plugins) -> int:
@@ -61,10 +64,24 @@ def command_parser(command: Command) -> argparse.ArgumentParser:
     return p
 
 
+_LOG_HANDLER = "converter-cli"
+
+
 def _configure_logging(args: argparse.Namespace) -> None:
+    """Our log lines on stderr; library noise (ONNX Runtime's coloured log, Python warnings) only with -v/--debug."""
     level = logging.DEBUG if getattr(args, "debug", False) else logging.INFO if getattr(args, "verbose", False) else logging.WARNING
-    logging.basicConfig(level=level, format="convert: %(levelname)s: %(message)s", stream=sys.stderr, force=True)
-    logging.getLogger("converter").setLevel(level)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.set_name(_LOG_HANDLER)
+    handler.setFormatter(logging.Formatter("convert: %(levelname)s: %(message)s"))
+    logging.captureWarnings(True)  # RuntimeWarnings (divide by zero, overflow), PIL's DecompressionBombWarning
+    for name, lvl in (("converter", level), ("py.warnings", logging.WARNING if level <= logging.INFO else logging.ERROR)):
+        logger = logging.getLogger(name)  # our loggers only: the root logger (and so an embedding program's logging) is left alone
+        for old in [h for h in logger.handlers if h.get_name() == _LOG_HANDLER]:
+            logger.removeHandler(old)
+        logger.addHandler(handler)
+        logger.setLevel(lvl)
+
+    ort.set_default_logger_severity(0 if level <= logging.DEBUG else 2 if level <= logging.INFO else 3)
 
 
 def _run(argv: list[str]) -> int:
@@ -94,6 +111,7 @@ def _terminate_as_exception() -> Iterator[None]:
 
     try:
         old = signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file-size limit (ulimit -f) is an OSError we report, not a kill
     except ValueError:  # not the main thread (embedded use): leave signals alone
         yield
         return
@@ -124,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConverterError as exc:
         if debug:
             traceback.print_exc()
-        print(f"convert: error: {shorten(str(exc), 1000)}", file=sys.stderr)
+        print(f"convert: error: {printable(shorten(str(exc), 1000))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("convert: interrupted (SIGINT); nothing was left behind", file=sys.stderr)

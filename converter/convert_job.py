@@ -115,8 +115,11 @@ def convert(req: ConvertRequest, plugins: Plugins) -> ConvertOutcome:
     pipeline_text = ",".join(format_step(s) for s in steps)
     with staging_folder(out.parent) as staging:
         ctx = EmitContext(staging=staging, file_name=out.name, log=logging.getLogger(f"converter.backend.{backend.name}"), source_sha256=loaded.sha256, pipeline=pipeline_text, external_data=loaded.has_external_data)
-        artifact = backend.emit(model, ctx)
-        artifact.write_manifest()
+        try:
+            artifact = backend.emit(model, ctx)
+            artifact.write_manifest()
+        except OSError as exc:
+            raise UsageError(f"cannot write the artifact in {out.parent}: {exc.strerror or exc} (disk full or a file-size limit?)") from exc
         for f in artifact.files:
             ensure_not_input(out.parent / f.name, protected)
         if case is not None:

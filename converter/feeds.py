@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -73,12 +74,29 @@ def concrete_shape(spec: TensorSpec, overrides: Mapping[str, tuple[int, ...]], b
     return tuple(d if isinstance(d, int) and d > 0 else (batch if i == 0 else other) for i, d in enumerate(spec.shape))
 
 
+MAX_FEED_BYTES = 2 << 30
+"""Generated sample inputs (``--verify``, ``golden record --random-inputs``) are refused above this, before allocation."""
+
+
+def check_feed_size(planned: Sequence[tuple[str, tuple[int, ...], np.dtype]], limit: int = MAX_FEED_BYTES) -> None:
+    """Refuse (exit 2) feeds whose arrays would not fit, naming the input and its shape, before any allocation."""
+    total = 0
+    for name, shape, dtype in planned:
+        if any(d < 0 for d in shape):
+            raise UsageError(f"input '{name}': shape {list(shape)} has a negative dim; give --input-shapes")
+        size = math.prod(shape) * max(dtype.itemsize, 1)
+        total += size
+        if total > limit:
+            raise UsageError(f"input '{name}' of shape {list(shape)} needs {size / 2**30:.1f} GiB of sample data (limit {limit / 2**30:g} GiB); give smaller --input-shapes or --inputs FEEDS.npz")
+
+
 def seeded_feeds(specs: Sequence[TensorSpec], seed: int, overrides: Mapping[str, tuple[int, ...]] | None = None, batch: int = 1) -> Feeds:
     """Deterministic sample inputs: floats ~ N(0, 1), integers in {0, 1}, booleans at random."""
     rng = np.random.default_rng(seed)
     feeds: Feeds = {}
-    for spec in specs:
-        shape = concrete_shape(spec, overrides or {}, batch=batch)
+    planned = [(spec, concrete_shape(spec, overrides or {}, batch=batch)) for spec in specs]
+    check_feed_size([(s.name, shape, np.dtype(s.dtype) if s.dtype != "unknown" else np.dtype("float32")) for s, shape in planned])
+    for spec, shape in planned:
         dtype = np.dtype(spec.dtype) if spec.dtype != "unknown" else np.dtype("float32")
         if dtype.kind == "f":
             feeds[spec.name] = rng.standard_normal(shape).astype(dtype)

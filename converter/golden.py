@@ -153,6 +153,12 @@ def package_source(model_path: Path) -> dict[str, str] | None:
     return None
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def record_case(
     out_dir: Path,
     *,
@@ -195,6 +201,7 @@ def record_case(
     }
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; a case is shared like any folder
     try:
         for i, ds in enumerate(data_sets):
             folder = staging / f"test_data_set_{i}"

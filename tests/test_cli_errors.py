@@ -88,9 +88,13 @@ def test_invalid_input_model_names_the_checker(cli: Cli, tmp_path: Path) -> None
 def test_ort_provider_options_are_validated_and_recorded(cli: Cli, tmp_path: Path, tiny_path: Path) -> None:
     bad = cli(tiny_path, "-b", "ort{provider_options=CUDAExecutionProvider.device_id=0}", "-o", tmp_path / "m.onnx")
     _assert_one_line_error(bad, 2, "is for CUDAExecutionProvider, which is not in providers")
-    ok = cli(tiny_path, "-b", "ort{provider_options=CPUExecutionProvider.arena_extend_strategy=kSameAsRequested}", "-o", tmp_path / "m.onnx")
+    # ONNX Runtime ignores provider options it does not know; we refuse them (the CPU provider takes none)
+    unknown = cli(tiny_path, "-b", "ort{provider_options=CPUExecutionProvider.arena_extend_strategy=kSameAsRequested}", "-o", tmp_path / "m.onnx")
+    _assert_one_line_error(unknown, 2, "CPUExecutionProvider has no option 'arena_extend_strategy'")
+    assert not (tmp_path / "m.onnx").exists()
+    ok = cli(tiny_path, "-b", "ort", "-o", tmp_path / "m.onnx")
     assert ok.returncode == 0, ok.stderr
     import json
 
     manifest = json.loads((tmp_path / "m.onnx.manifest.json").read_text())
-    assert manifest["provider_options"] == [{"arena_extend_strategy": "kSameAsRequested"}]
+    assert manifest["provider_options"] == [{}] and manifest["providers"] == ["CPUExecutionProvider"]

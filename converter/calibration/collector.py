@@ -22,7 +22,8 @@ from onnx import helper
 
 from converter.calibration.batching import rebatch
 from converter.calibration.sources import CalibSource, Feeds
-from converter.calibration.stats import DEFAULT_BINS, TensorStats
+from converter.calibration.stats import DEFAULT_BINS, NaNFound, TensorStats
+from converter.errors import PassRefused, UsageError
 from converter.ort_session import make_session, run_session
 
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
@@ -98,6 +99,17 @@ def calibration_model(model: onnx.ModelProto, outputs: Sequence[str], infos: dic
     return out
 
 
+def _check_finite(feeds: Feeds, offset: int, where: str) -> None:
+    """NaN or inf in the user's data: exit 2 naming the input and the sample."""
+    for name, value in feeds.items():
+        arr = np.asarray(value)
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            bad = ~np.isfinite(arr.reshape(arr.shape[0], -1) if arr.ndim else arr.reshape(1, -1))
+            sample = int(np.argmax(bad.any(axis=1)))
+            kind = "NaN" if np.isnan(arr).any() else "inf"
+            raise UsageError(f"--calib-data {where}: input '{name}' holds {kind} in sample {offset + sample}; calibration data must be finite")
+
+
 class Collector:
     """Streams statistics of ``tensors`` of ``model`` over a calibration source."""
 
@@ -134,8 +146,17 @@ class Collector:
             samples = batches = 0
             next_report = 0.0
             for feeds in rebatch(source, self.batch_size, limit, self.exact_batch):
-                self._update(session, chunk, feeds, first_chunk=index == 0)
-                samples += len(next(iter(feeds.values())))
+                count = len(next(iter(feeds.values())))
+                if index == 0:
+                    _check_finite(feeds, samples, source.description)
+                try:
+                    self._update(session, chunk, feeds, first_chunk=index == 0)
+                except NaNFound as exc:
+                    raise PassRefused(
+                        f"calibration: the model's tensor '{exc.tensor}' holds NaN on samples {samples}..{samples + count - 1} of {source.description} "
+                        "(the inputs are finite: the model computes NaN there)"
+                    ) from exc
+                samples += count
                 batches += 1
                 if total and samples / total >= next_report:
                     self.log.info("calibration: %d/%d samples (tensor chunk %d/%d)", samples, total, index + 1, len(self.chunks))

@@ -22,6 +22,7 @@ and cast to the input's dtype. Pillow is needed (``pip install pillow``).
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from converter.calibration.sources import CalibSource, Declared, Feeds, sha256_file, sha256_text
-from converter.errors import UsageError
+from converter.errors import UsageError, describe_exception
 
 SPEC_FILE = "preprocess.json"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
@@ -147,12 +148,26 @@ def _read_spec_file(folder: Path) -> dict[str, Any]:
     return data
 
 
+def _open_image(path: Path, mode: str) -> Any:
+    """The decoded image; a corrupt, truncated or non-image file, or a decompression bomb, is exit 2 naming it."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return im.convert(mode)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise UsageError(f"--calib-data {path}: refused as a decompression bomb ({describe_exception(exc, 120)})") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise UsageError(f"--calib-data {path}: not a readable image ({describe_exception(exc, 120)})") from exc
+
+
 def preprocess_image(path: Path, spec: Preprocess, dtype: np.dtype) -> np.ndarray:
     from PIL import Image
 
     resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS, "nearest": Image.NEAREST}[spec.interp]
-    with Image.open(path) as im:
-        img = im.convert("L" if spec.order == "gray" else "RGB")
+    img = _open_image(path, "L" if spec.order == "gray" else "RGB")
     if spec.resize is not None:
         if len(spec.resize) == 2:
             size = spec.resize
@@ -182,7 +197,7 @@ class ImageFolderSource(CalibSource):
         self.spec = build_preprocess(raw)
         self.folder = folder
         self.description = f"{folder}" + (f"?{spec_text}" if spec_text else "")
-        self.files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        self.files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not self.files:
             raise UsageError(f"--calib-data {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in the folder")
         if self.spec.input is None and len(input_names) != 1:

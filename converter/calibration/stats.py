@@ -18,6 +18,14 @@ import numpy as np
 DEFAULT_BINS = 2048
 
 
+class NaNFound(ValueError):
+    """A tensor held NaN during calibration (the collector names the samples)."""
+
+    def __init__(self, tensor: str) -> None:
+        super().__init__(f"tensor '{tensor}' holds NaN")
+        self.tensor = tensor
+
+
 @dataclass
 class TensorStats:
     """What calibration knows about one tensor after the batches seen so far."""
@@ -32,6 +40,8 @@ class TensorStats:
     limit: float = 0.0
     """Upper edge of the histogram; 0 until a non-zero value is seen."""
     hist: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    infinite: int = 0
+    """-inf/+inf values seen (attention masks fill with -inf): counted and left out of the range."""
 
     def __post_init__(self) -> None:
         if self.bins < 2 or self.bins % 2:
@@ -51,13 +61,20 @@ class TensorStats:
         return self.limit / self.bins if self.limit > 0 else 0.0
 
     def update(self, values: np.ndarray) -> None:
-        """Add one batch of values (any shape, float); NaN and inf are rejected."""
+        """Add one batch of values (any shape, float); ±inf are counted and left out, NaN raises :class:`NaNFound`."""
         x = np.asarray(values)
         if x.size == 0:
             return
         lo, hi = float(np.min(x)), float(np.max(x))
         if not (np.isfinite(lo) and np.isfinite(hi)):
-            raise ValueError(f"tensor '{self.name}' holds NaN or inf values during calibration")
+            finite = np.isfinite(x)
+            if np.isnan(x).any():
+                raise NaNFound(self.name)
+            self.infinite += int(x.size - np.count_nonzero(finite))
+            x = x[finite]
+            if x.size == 0:
+                return
+            lo, hi = float(np.min(x)), float(np.max(x))
         self.count += int(x.size)
         self.min, self.max = min(self.min, lo), max(self.max, hi)
         if self.histogram:

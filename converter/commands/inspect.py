@@ -11,6 +11,7 @@ from converter.errors import EXIT_OK
 from converter.graph_info import graph_inputs, graph_outputs, initializer_bytes, node_count, op_histogram
 from converter.model_io import LoadedModel, load_model
 from converter.plugin_manager import Plugins
+from converter.text_table import printable
 
 
 def summarize(loaded: LoadedModel) -> dict[str, Any]:
@@ -52,7 +53,7 @@ def format_summary(s: dict[str, Any]) -> str:
         f"nodes      {s['nodes']}",
         "ops        " + ", ".join(f"{k} {v}" for k, v in s["ops"].items()),
     ]
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)
 
 
 class InspectCommand(Command):

@@ -147,6 +147,10 @@ def calibrate(model: onnx.ModelProto, tensors: list[str], settings: CalibSetting
         "calibration_seconds": round(collected.seconds, 3),
         "data": source.description,
     }
+    infinite = {t: s.infinite for t, s in collected.stats.items() if s.infinite}
+    if infinite:
+        facts["infinite_values_excluded"] = infinite  # -inf/+inf (attention masks) left out of the ranges
+        ctx.log.info("calibration: ±inf left out of the range of %d tensor(s): %s", len(infinite), ", ".join(list(infinite)[:3]))
     if path:
         facts["cache"] = _save(path, CalibrationCache(label, ranges, hashes[0], hashes[1], collected.samples), ctx)
     return Calibrated(ranges, facts)

@@ -9,7 +9,7 @@ import onnx
 
 from converter.artifacts import base_manifest
 from converter.backend_api import Artifact, Availability, Backend, EmitContext, Runner
-from converter.errors import BackendError, BackendUnavailable, describe_exception
+from converter.errors import BackendError, BackendUnavailable, UsageError, describe_exception
 from converter.model_io import PROTOBUF_LIMIT
 from converter.options import bounded
 from converter.ort_session import make_session, session_options
@@ -83,6 +83,29 @@ class OrtBackend(Backend[OrtOptions]):
             raise BackendUnavailable(
                 f"execution provider {missing[0]} is not in this onnxruntime build (available: {', '.join(have)}); install onnxruntime-gpu for CUDA/TensorRT providers"
             )
+        self._check_provider_option_names()
+
+    def _check_provider_option_names(self) -> None:
+        """Unknown provider options are refused (ONNX Runtime ignores them silently): a tiny session shows which it took."""
+        requested = self._provider_options()
+        if not any(requested):
+            return
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+
+        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+        probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        try:
+            sess = ort.InferenceSession(probe.SerializeToString(), providers=list(self.options.providers), provider_options=requested)
+        except Exception as exc:
+            raise UsageError(f"ort: provider_options rejected by ONNX Runtime: {describe_exception(exc)}") from exc
+        taken = sess.get_provider_options()
+        for provider, options in zip(self.options.providers, requested):
+            unknown = sorted(set(options) - set(taken.get(provider, {})))
+            if unknown:
+                known = ", ".join(sorted(taken.get(provider, {}))) or "none"
+                raise UsageError(f"ort: {provider} has no option {unknown[0]!r} (it takes: {known})")
 
     def emit(self, model: onnx.ModelProto, ctx: EmitContext) -> Artifact:
         import onnxruntime as ort
@@ -103,6 +126,8 @@ class OrtBackend(Backend[OrtOptions]):
         try:
             make_session(model, providers=self.options.providers, options=so, provider_options=self._provider_options())
         except Exception as exc:
+            if "serializ" in str(exc).lower() and out.exists():  # it started writing the optimized model, then could not go on
+                raise UsageError(f"cannot write the artifact in {ctx.staging.parent}: ONNX Runtime could not write the optimized model (disk full or a file-size limit?)") from exc
             raise BackendError(f"ONNX Runtime cannot build a session for the model: {describe_exception(exc)}") from exc
         files = sorted(p for p in ctx.staging.iterdir() if p.name.startswith(ctx.file_name))
         runner = OrtRunner(out, self.options.providers, self.options.threads, self._provider_options())

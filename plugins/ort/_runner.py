@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 
 from converter.backend_api import Runner, TensorSpec
-from converter.errors import BackendError, describe_exception
+from converter.errors import BackendError, describe_exception, shorten
 from converter.feeds import check_feeds
 
 _ORT_TYPES = {
@@ -35,7 +35,7 @@ class OrtRunner(Runner):
         try:
             self.session = ort.InferenceSession(str(path), sess_options=so, providers=list(providers), provider_options=list(provider_options) if provider_options else None)
         except Exception as exc:
-            raise BackendError(f"ONNX Runtime cannot load {path}: {describe_exception(exc)}") from exc
+            raise BackendError(f"ONNX Runtime cannot load the artifact {Path(path).name}: {shorten(str(exc).replace(str(path), Path(path).name))}") from exc
         self.inputs = ort_specs(self.session.get_inputs())
         self.outputs = ort_specs(self.session.get_outputs())
 
