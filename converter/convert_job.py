@@ -16,6 +16,7 @@ from converter.flags import PassInputs
 from converter.golden import CaseResult, check_case, load_case
 from converter.graph_info import graph_inputs, iter_graphs
 from converter.instruments import BatchStacking, Verify, standard_instruments
+from converter.interface import interface_changes, manifest_specs
 from converter.model_io import LoadedModel, ensure_not_input, load_model
 from converter.options import build_options
 from converter.pass_manager import build_passes, check_input_model, run_pipeline
@@ -61,6 +62,17 @@ class ConvertOutcome:
             "artifact": None if self.artifact is None else {"path": str(self.artifact.path), "backend": self.artifact.backend, "files": [str(f) for f in self.written], "manifest": self.artifact.manifest},
             "golden": None if self.golden is None else self.golden.to_json(),
         }
+
+
+def _check_interface(model: onnx.ModelProto, backend: Backend, artifact: Artifact) -> None:
+    """The artifact must take the feeds the model takes and give the same outputs (exit 1 naming the change)."""
+    inputs, outputs = manifest_specs(artifact.manifest, "inputs"), manifest_specs(artifact.manifest, "outputs")
+    if inputs is None or outputs is None:
+        runner = backend.load(artifact)
+        inputs, outputs = runner.inputs, runner.outputs
+    changes = interface_changes(model, inputs, outputs)
+    if changes:
+        raise CheckFailed(f"backend '{backend.name}' changed the model's interface: {'; '.join(changes[:4])}" + (f" (+{len(changes) - 4} more)" if len(changes) > 4 else ""))
 
 
 def make_backend(text: str, plugins: Plugins) -> Backend:
@@ -122,6 +134,7 @@ def convert(req: ConvertRequest, plugins: Plugins) -> ConvertOutcome:
             raise UsageError(f"cannot write the artifact in {out.parent}: {exc.strerror or exc} (disk full or a file-size limit?)") from exc
         for f in artifact.files:
             ensure_not_input(out.parent / f.name, protected)
+        _check_interface(model, backend, artifact)
         if case is not None:
             outcome.golden = check_case(backend.load(artifact), case, precision)
         if outcome.golden is not None and not outcome.golden and not req.keep_failed:

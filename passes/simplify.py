@@ -29,8 +29,8 @@ from onnx import helper
 
 from converter.errors import PassRefused, UsageError, describe_exception
 from converter.feeds import parse_shapes
-from converter.graph_edit import node_inputs
-from converter.graph_info import graph_inputs, node_count
+from converter.graph_edit import node_inputs, topological_sort
+from converter.graph_info import graph_inputs, iter_graphs, node_count
 from converter.model_io import PROTOBUF_LIMIT
 from converter.options import bounded
 from converter.pass_api import Pass, PassContext, PassResult
@@ -298,6 +298,17 @@ def _structure(model: onnx.ModelProto) -> tuple:
     return nodes, inits, io
 
 
+def _sort_all(model: onnx.ModelProto) -> int:
+    """onnxsim refuses graphs whose nodes are not in topological order (ONNX Runtime runs them): sort every graph."""
+    changed = 0
+    for graph in iter_graphs(model.graph):
+        try:
+            changed += topological_sort(graph)
+        except ValueError as exc:  # a cycle or a value nothing produces: the checker names it
+            raise SimplifyFailed(f"graph '{graph.name}' cannot be put in topological order: {describe_exception(exc)}") from exc
+    return changed
+
+
 # ---------------------------------------------------------------- the pass
 
 
@@ -326,6 +337,7 @@ class SimplifyPass(Pass[SimplifyOptions]):
         work = onnx.ModelProto()
         work.CopyFrom(model)
         ir_bumped = _bump_old_ir(work)
+        sorted_graphs = _sort_all(work)
         hidden = hide_qdq_weights(work) if opts.protect_qdq else HiddenWeights()
         simplified = run_onnxsim(work, opts, ctx)
         protected = restore_qdq_weights(simplified, hidden)
@@ -338,6 +350,7 @@ class SimplifyPass(Pass[SimplifyOptions]):
             "qdq_weights_protected": protected,
             "inputs_restored": restored,
             "ir_version_bumped": ir_bumped,
+            "graphs_sorted": sorted_graphs,
         }
         ctx.log.info("simplify: %d -> %d nodes", before, after)
         return PassResult(simplified, _structure(simplified) != _structure(model), facts=facts)

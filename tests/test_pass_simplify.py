@@ -275,3 +275,30 @@ def test_cli_runs_simplify_and_fold_constants_with_verify(tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert out.is_file()
     assert "simplify" in proc.stdout and "fold_constants" in proc.stdout
+
+
+def test_unsorted_real_model_and_subgraphs_are_sorted_for_onnxsim(rapid_model) -> None:  # noqa: ANN001
+    """ONNX Runtime runs graphs whose nodes are out of order; onnxsim refuses them. The pass sorts first."""
+    model = onnx.load(str(rapid_model))
+    shuffled = onnx.ModelProto()
+    shuffled.CopyFrom(model)
+    nodes = list(shuffled.graph.node)
+    del shuffled.graph.node[:]
+    shuffled.graph.node.extend(reversed(nodes))
+    result = simplify(shuffled, on_failure="error")
+    assert result.facts["graphs_sorted"] >= 1
+    assert_same_on_ort(model, result.model, atol=1e-5)
+    branch = onnx.parser.parse_graph("then_g () => (float[2] t) { t = Add(two, one)\n two = Add(one, one) }")
+    other = onnx.parser.parse_graph("else_g () => (float[2] e) { e = Identity(one) }")
+    with_if = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (bool c, float[2] x) => (float[2] y) <float[2] one = {1.0, 1.0}> { r = Relu(x) y = Add(r, z) z = Identity(r) }
+    """)
+    if_node = onnx.helper.make_node("If", ["c"], ["b"], then_branch=branch, else_branch=other)
+    with_if.graph.node.insert(0, if_node)
+    with_if.graph.output.append(onnx.helper.make_tensor_value_info("b", onnx.TensorProto.FLOAT, [2]))
+    out = simplify(with_if, on_failure="error")
+    feeds = {"c": np.array(True), "x": np.array([-1.0, 2.0], np.float32)}
+    got = run_session(make_session(out.model), feeds)
+    np.testing.assert_allclose(got["y"], [0.0, 4.0])
+    np.testing.assert_allclose(got["b"], [3.0, 3.0])

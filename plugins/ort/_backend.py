@@ -10,6 +10,7 @@ import onnx
 from converter.artifacts import base_manifest
 from converter.backend_api import Artifact, Availability, Backend, EmitContext, Runner
 from converter.errors import BackendError, BackendUnavailable, UsageError, describe_exception
+from converter.interface import plain_initializers
 from converter.model_io import PROTOBUF_LIMIT
 from converter.options import bounded
 from converter.ort_session import make_session, session_options
@@ -59,6 +60,12 @@ def parse_provider_options(providers: tuple[str, ...], text: str | None) -> list
             raise ValueError(f"provider option '{item}' is for {provider}, which is not in providers ({', '.join(providers)})")
         per[provider][option.strip()] = value.strip()
     return [per[p] for p in providers]
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
 
 
 class OrtBackend(Backend[OrtOptions]):
@@ -111,6 +118,12 @@ class OrtBackend(Backend[OrtOptions]):
         import onnxruntime as ort
 
         self.preflight()
+        inits = {i.name for i in model.graph.initializer}
+        if any(vi.name in inits for vi in model.graph.input):
+            model = _copy(model)  # the passes' model stays as it is
+        made_plain = plain_initializers(model)
+        if made_plain:
+            ctx.log.info("ort: %d inputs with initializer defaults (IR 3 style weights) become plain initializers", len(made_plain))
         lowered: list[str] = []
         weight_form = None
         if self.options.lower_qdq and any(n.op_type == "QuantizeLinear" for n in model.graph.node):
@@ -146,6 +159,7 @@ class OrtBackend(Backend[OrtOptions]):
                 "portable": self.options.opt_level in ("disable", "basic", "extended"),
                 "qdq_lowered_to_uint8": len(lowered),
                 "qdq_weights": weight_form,
+                "weight_inputs_made_initializers": len(made_plain),
             },
         )
         return Artifact(self.name, out, manifest, files)
