@@ -144,7 +144,13 @@ def compare_output(name: str, actual: np.ndarray, ref: np.ndarray, tol: Toleranc
     if np.any(nan_a != nan_r):
         res.passed = False
         res.problems.append(f"NaN in {int(np.sum(nan_a & ~nan_r))} values the reference has finite")
-    finite = ~(nan_a | nan_r)
+    inf_a, inf_r = np.isinf(a), np.isinf(r)
+    same_inf = inf_a & inf_r & (np.sign(a) == np.sign(r))  # a masked -inf in both agrees
+    odd_inf = (inf_a | inf_r) & ~same_inf & ~(nan_a | nan_r)
+    if np.any(odd_inf):
+        res.passed = False
+        res.problems.append(f"inf in {int(np.sum(odd_inf))} values where the reference differs")
+    finite = ~(nan_a | nan_r | inf_a | inf_r)
     a, r = a[finite], r[finite]
     if a.size == 0:
         return res

@@ -58,3 +58,14 @@ def test_top1_ignores_nan_consistently() -> None:
     x[2, 4] = np.nan
     result = compare({"logits": x}, {"logits": x}, Tolerance(atol=None, rtol=None, min_cosine=None, min_top1=1.0))
     assert result.outputs[0].top1 == 1.0
+
+
+def test_inf_where_the_reference_is_finite_fails_even_on_cosine_only() -> None:
+    """An fp16 overflow turns values into inf: a cosine-only policy (int8/fp16) must not pass it (cosine is NaN)."""
+    from converter.compare import Tolerance, compare_output
+
+    cosine_only = Tolerance(atol=None, rtol=None, min_cosine=0.999, min_top1=None)
+    assert not compare_output("y", np.array([np.inf, 1.0]), np.array([1.0, 1.0]), cosine_only).passed
+    assert not compare_output("y", np.array([1.0, 1.0]), np.array([-np.inf, 1.0]), cosine_only).passed
+    assert not compare_output("y", np.array([np.inf, 1.0]), np.array([-np.inf, 1.0]), cosine_only).passed
+    assert compare_output("y", np.array([-np.inf, 1.0]), np.array([-np.inf, 1.0]), cosine_only).passed, "masked -inf in both agrees"
