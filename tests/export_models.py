@@ -123,6 +123,51 @@ def small_transformer() -> nn.Module:
     return SmallTransformer().eval()
 
 
+class SeqTransformer(nn.Module):
+    """Like SmallTransformer, with learned positions looked up by index (no slice of a fixed-size table),
+    so the sequence length is free: [batch, seq] ids and mask → [batch, seq, dim] hidden, [batch, classes]."""
+
+    def __init__(self, vocab: int = 100, dim: int = 32, heads: int = 4, layers: int = 2, positions: int = 64, classes: int = 4) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.pos = nn.Embedding(positions, dim)
+        self.layers = nn.ModuleList(Layer(dim, heads) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+        self.cls = nn.Linear(dim, classes)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.embed(ids) + self.pos(torch.arange(ids.shape[1], device=ids.device))
+        for layer in self.layers:
+            x = layer(x, mask)
+        x = self.norm(x)
+        m = mask.unsqueeze(-1).to(x.dtype)
+        pooled = (x * m).sum(1) / m.sum(1).clamp(min=1.0)
+        return x, self.cls(pooled)
+
+
+def seq_transformer() -> nn.Module:
+    _seeded(3)
+    return SeqTransformer().eval()
+
+
+class AudioTagger(nn.Module):
+    """Raw audio [batch, samples] → strided Conv1d frames → per-frame features [batch, frames, 16] and clip scores [batch, 6]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frontend = nn.Sequential(nn.Conv1d(1, 8, 16, stride=8), nn.ReLU(), nn.Conv1d(8, 16, 3, padding=1), nn.ReLU())
+        self.head = nn.Linear(16, 6)
+
+    def forward(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        frames = self.frontend(audio.unsqueeze(1)).transpose(1, 2)
+        return frames, self.head(frames.mean(1))
+
+
+def audio_tagger() -> nn.Module:
+    _seeded(4)
+    return AudioTagger().eval()
+
+
 class BatchBranch(nn.Module):
     """Python control flow on the batch size: a tracer bakes in the branch taken at the trace batch."""
 

@@ -2,9 +2,11 @@
 
     spec.py         load ``package.module:factory`` (and an optional state dict)
     inputs.py       ``--input name:shape:dtype[:low..high]`` and seeded sample data
-    exporter.py     torch.onnx.export, the dynamo or the TorchScript exporter, dynamic batch
+    dynamic.py      ``--dynamic NAME:AXIS=SYMBOL,...`` (default: dim 0 is the batch), trace and check sizes
+    exporter.py     torch.onnx.export, the dynamo or the TorchScript exporter, dynamic axes
+    dim_names.py    the written dim names are the user's symbols
     opset_check.py  the opset written, repair of opset-18 Split in older opsets, the ONNX checker
-    verify.py       torch vs ONNX Runtime on the same inputs at several batch sizes
+    verify.py       torch vs ONNX Runtime on the same inputs at several sizes of the dynamic axes
     golden_case.py  a golden case whose reference outputs are torch's
     job.py          the flow, atomic outputs
     then.py         ``--then``: continue with the main flow (passes → backend → golden check)

@@ -26,9 +26,11 @@ DESCRIPTION = """Export a PyTorch model to ONNX and check it against torch.
 SPEC names a callable that returns a torch.nn.Module: package.module:factory (imported from the
 current folder or PYTHONPATH), e.g. mypkg.models:resnet18. After the export, the model is
 checked with onnx.checker (full_check), then torch and ONNX Runtime run the same seeded inputs at
-batch 1 and 4 (a --static export: at the shapes given) and every output is compared; beyond the
-tolerance the command exits 1 and writes nothing. The opset actually written is reported; a Split
-in opset-18 form inside an older opset (a dynamo exporter defect) is rewritten to the declared opset.
+batch 1 and 4 and every output is compared (a --static export: at the shapes given; with --dynamic:
+at two sizes of each dynamic axis, --batches for 'batch', the --input size and size+3 for the others,
+or --sizes); beyond the tolerance the command exits 1 and writes nothing. The opset actually
+written is reported; a Split in opset-18 form inside an older opset (a dynamo exporter defect) is
+rewritten to the declared opset.
 """
 EPILOG = """tolerance (torch vs ONNX Runtime, fp32; the golden fp32 policy): elementwise
 |ort - torch| <= atol * max|torch| + rtol * |torch| with atol 1e-5, rtol 1e-4; cosine >= 0.99999;
@@ -37,6 +39,8 @@ top-1 agreement 1.0 on [batch, classes] outputs. --golden stores the same tolera
 examples:
   convert export mypkg.models:small_cnn -o cnn.onnx --input x:1x3x32x32:float32
   convert export mypkg.models:encoder -o enc.onnx --input ids:1x16:int64:0..99 --input mask:1x16:int64 --opset 17
+  convert export mypkg.models:encoder -o enc.onnx --input ids:1x16:int64:0..99 --input mask:1x16:int64 \\
+      --dynamic ids:0=batch,1=seq --dynamic mask:0=batch,1=seq --sizes seq=8,17
   convert export examples.efficientnet_lite0:efficientnet_lite0 -o lite0.onnx --input x:1x3x224x224 --golden golden/lite0 \\
       --then '-p infer_shapes,cleanup -b ort -o lite0.ort.onnx'
 
@@ -70,12 +74,17 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", type=Path, help="the .onnx file to write (default: FACTORY.onnx in the current folder)")
     p.add_argument("--weights", type=Path, metavar="FILE", help="a state dict to load into the model (strict)")
     p.add_argument("--input", dest="inputs", action="append", default=[], metavar="NAME:SHAPE:DTYPE[:LOW..HIGH]",
-                   help="one per forward() argument, in order, e.g. x:1x3x224x224:float32, ids:1x16:int64:0..999 (ints default to 0..1); dim 0 is the batch")
+                   help="one per forward() argument, in order, e.g. x:1x3x224x224:float32, ids:1x16:int64:0..999 (ints default to 0..1); dim 0 is the batch unless --dynamic says otherwise")
     p.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo", help="torch.onnx.export(dynamo=True), or the legacy TorchScript exporter with dynamic_axes (default: dynamo)")
     p.add_argument("--opset", type=int, help="ONNX opset to ask for (default: the exporter's); the opset written is reported")
     p.add_argument("--static", action="store_true", help="keep every shape as given (default: dim 0 of every input is a dynamic 'batch')")
+    p.add_argument("--dynamic", action="append", default=[], metavar="NAME:AXIS=SYMBOL[,AXIS=SYMBOL]",
+                   help="the dynamic axes of one input, e.g. ids:0=batch,1=seq (repeat per input; inputs not named are static; "
+                        "the same SYMBOL on several inputs is the same size); replaces the default dynamic batch")
+    p.add_argument("--sizes", action="append", default=[], metavar="SYMBOL=A,B",
+                   help="sizes of a dynamic axis for the torch-vs-ONNX Runtime check, e.g. seq=8,17 (default: the --input size and size+3; batch: --batches)")
     p.add_argument("--output-names", metavar="A,B", help="names for the model's outputs (default: output, or output_0, output_1, ...)")
-    p.add_argument("--batches", type=_batches, default=(1, 4), metavar="1,4", help="batch sizes for the torch-vs-ONNX Runtime check (default 1,4)")
+    p.add_argument("--batches", type=_batches, default=(1, 4), metavar="1,4", help="sizes of 'batch' for the torch-vs-ONNX Runtime check (default 1,4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample inputs (default 0)")
     tol = p.add_argument_group("tolerance of the torch-vs-ONNX Runtime check (see below; 'off' disables a criterion)")
     tol.add_argument("--tolerance-atol", type=_tolerance_value, metavar="X", help="elementwise, times max|torch| (default 1e-5)")
@@ -101,12 +110,13 @@ def _request(args: argparse.Namespace) -> ExportRequest:
     recipe = ["convert", "export", args.spec, *(f"--input={i}" for i in args.inputs), f"--exporter={args.exporter}"]
     recipe += [f"--opset={args.opset}"] if args.opset is not None else []
     recipe += ["--static"] if args.static else []
+    recipe += [f"--dynamic={d}" for d in args.dynamic]
     recipe += [f"--weights={args.weights}"] if args.weights else []
     return ExportRequest(
         spec=args.spec, inputs=list(args.inputs), output=args.output, weights=args.weights, opset=args.opset, exporter=args.exporter,
         static=args.static, batches=tuple(args.batches), seed=args.seed, tolerance=tol,
         output_names=[n.strip() for n in args.output_names.split(",")] if args.output_names else None,
-        golden=args.golden, force=args.force, keep_failed=args.keep_failed, recipe=shlex.join(recipe),
+        golden=args.golden, force=args.force, keep_failed=args.keep_failed, recipe=shlex.join(recipe), dynamic=list(args.dynamic), sizes=list(args.sizes),
     )
 
 

@@ -1,12 +1,13 @@
-"""torch.onnx.export with either exporter, a dynamic batch by default.
+"""torch.onnx.export with either exporter, a dynamic batch by default (any axes with ``--dynamic``).
 
-- ``dynamo``: ``torch.export`` + onnxscript (``dynamo=True``); the batch is ``Dim("batch")`` on dim 0
-  of every input, and the exporter carries it through the graph symbolically.
-- ``torchscript``: the legacy tracing exporter (``dynamo=False``) with ``dynamic_axes``; the
-  outputs whose dim 0 follows the batch are found by running the model at two batch sizes.
+- ``dynamo``: ``torch.export`` + onnxscript (``dynamo=True``); each symbol is one ``Dim(symbol)``,
+  shared by every axis that names it, and the exporter carries it through the graph symbolically.
+  The written dim names are the symbols (dims torch names otherwise are renamed, see dim_names.py).
+- ``torchscript``: the legacy tracing exporter (``dynamo=False``) with ``dynamic_axes``; the output
+  axes that follow a symbol are found by running the model with that symbol one size larger.
 
-A dynamic export traces at batch >= 2: torch.export specializes sizes 0 and 1, so a sample
-batch of 1 would pin the batch. Verification then runs at other batch sizes (1 and 4).
+A dynamic export traces each symbol at size >= 2: torch.export specializes sizes 0 and 1, so a
+sample size of 1 would pin the axis. Verification then runs at other sizes (batch 1 and 4).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import numpy as np
 import onnx
 
 from converter.errors import ConverterError, ModelError, UsageError, describe_exception, shorten
+from converter.export.dim_names import name_dims
+from converter.export.dynamic import DynamicAxes, given_sizes, trace_sizes
 from converter.export.inputs import InputSpec, sample_feeds
 
 EXPORTERS = ("dynamo", "torchscript")
@@ -35,9 +38,14 @@ class Exported:
     proto: onnx.ModelProto
     exporter: str
     output_names: list[str]
-    trace_batch: int | None
+    trace_sizes: dict[str, int]
     seconds: float
     warnings: list[str] = field(default_factory=list)
+    renamed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def trace_batch(self) -> int | None:
+        return self.trace_sizes.get("batch")
 
 
 def flatten_outputs(torch: Any, out: Any) -> list[Any]:
@@ -64,22 +72,18 @@ def run_torch(torch: Any, model: Any, specs: Sequence[InputSpec], feeds: dict[st
     return [t.detach().cpu().numpy() for t in flatten_outputs(torch, out)]
 
 
-def trace_batch(specs: Sequence[InputSpec], dynamic: bool) -> int | None:
-    return max(2, specs[0].shape[0]) if dynamic else None
-
-
 def default_output_names(count: int) -> list[str]:
     return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
 
 
-def _dynamo(torch: Any, model: Any, args: tuple[Any, ...], specs: Sequence[InputSpec], names: list[str], opset: int | None, dynamic: bool) -> onnx.ModelProto:
+def _dynamo(torch: Any, model: Any, args: tuple[Any, ...], specs: Sequence[InputSpec], names: list[str], opset: int | None, dyn: DynamicAxes) -> onnx.ModelProto:
     from converter.export.torch_env import require_onnxscript
 
     require_onnxscript()
     dynamic_shapes = None
-    if dynamic:
-        batch = torch.export.Dim("batch")
-        dynamic_shapes = tuple({0: batch} for _ in specs)
+    if dyn.symbols:
+        dims = {s: torch.export.Dim(s) for s in dyn.symbols}
+        dynamic_shapes = tuple({a: dims[sym] for a, sym in dyn.axes[s.name].items()} if s.name in dyn.axes else None for s in specs)
     program = torch.onnx.export(
         model, args, dynamo=True, opset_version=opset, input_names=[s.name for s in specs], output_names=names,
         dynamic_shapes=dynamic_shapes, verbose=False, optimize=True,
@@ -87,18 +91,30 @@ def _dynamo(torch: Any, model: Any, args: tuple[Any, ...], specs: Sequence[Input
     return program.model_proto
 
 
-def _batch_outputs(torch: Any, model: Any, specs: Sequence[InputSpec], batch: int, seed: int) -> set[int]:
-    """Indices of outputs whose dim 0 changes with the batch."""
-    a = run_torch(torch, model, specs, sample_feeds(specs, seed, batch))
-    b = run_torch(torch, model, specs, sample_feeds(specs, seed, batch + 1))
-    return {i for i, (x, y) in enumerate(zip(a, b)) if x.ndim and y.ndim and x.shape[0] == batch and y.shape[0] == batch + 1}
+def following_axes(torch: Any, model: Any, specs: Sequence[InputSpec], dyn: DynamicAxes, traced: dict[str, int], seed: int) -> list[dict[int, str]]:
+    """Per output, {axis: symbol} for the axes whose size is the symbol's: the model runs at the traced
+    sizes and, for each symbol, with that symbol one larger; an axis follows it if it moves in step."""
+    base = run_torch(torch, model, specs, sample_feeds(specs, seed, dyn.shapes(specs, traced)))
+    found: list[dict[int, str]] = [{} for _ in base]
+    for symbol in dyn.symbols:
+        size = traced[symbol]
+        moved = run_torch(torch, model, specs, sample_feeds(specs, seed, dyn.shapes(specs, {**traced, symbol: size + 1})))
+        for i, (x, y) in enumerate(zip(base, moved)):
+            for axis in range(min(x.ndim, y.ndim)):
+                if axis not in found[i] and x.shape[axis] == size and y.shape[axis] == size + 1:
+                    found[i][axis] = symbol
+    return found
 
 
-def _torchscript(torch: Any, model: Any, args: tuple[Any, ...], specs: Sequence[InputSpec], names: list[str], opset: int | None, dynamic: bool, seed: int) -> onnx.ModelProto:
+def _torchscript(
+    torch: Any, model: Any, args: tuple[Any, ...], specs: Sequence[InputSpec], names: list[str], opset: int | None, dyn: DynamicAxes,
+    traced: dict[str, int], seed: int,
+) -> onnx.ModelProto:
     dynamic_axes = None
-    if dynamic:
-        follows = _batch_outputs(torch, model, specs, int(args[0].shape[0]), seed)
-        dynamic_axes = {s.name: {0: "batch"} for s in specs} | {n: {0: "batch"} for i, n in enumerate(names) if i in follows}
+    if dyn.symbols:
+        follows = following_axes(torch, model, specs, dyn, traced, seed)
+        dynamic_axes = {s.name: dict(dyn.axes[s.name]) for s in specs if s.name in dyn.axes}
+        dynamic_axes |= {n: follows[i] for i, n in enumerate(names) if follows[i]}
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*", category=DeprecationWarning)
@@ -109,11 +125,13 @@ def _torchscript(torch: Any, model: Any, args: tuple[Any, ...], specs: Sequence[
     return onnx.load_from_string(buf.getvalue())
 
 
-def export(torch: Any, model: Any, specs: Sequence[InputSpec], *, exporter: str, opset: int | None, dynamic: bool, output_names: Sequence[str] | None, seed: int) -> Exported:
+def export(
+    torch: Any, model: Any, specs: Sequence[InputSpec], *, exporter: str, opset: int | None, dyn: DynamicAxes, output_names: Sequence[str] | None, seed: int,
+) -> Exported:
     if exporter not in EXPORTERS:
         raise UsageError(f"unknown exporter '{exporter}' (known: {', '.join(EXPORTERS)})")
-    batch = trace_batch(specs, dynamic)
-    feeds = sample_feeds(specs, seed, batch)
+    traced = trace_sizes(given_sizes(dyn, specs))
+    feeds = sample_feeds(specs, seed, dyn.shapes(specs, traced))
     count = len(run_torch(torch, model, specs, feeds))
     names = list(output_names) if output_names else default_output_names(count)
     if len(names) != count:
@@ -125,9 +143,9 @@ def export(torch: Any, model: Any, specs: Sequence[InputSpec], *, exporter: str,
         warnings.simplefilter("always")
         try:
             if exporter == "dynamo":
-                proto = _dynamo(torch, model, args, specs, names, opset, dynamic)
+                proto = _dynamo(torch, model, args, specs, names, opset, dyn)
             else:
-                proto = _torchscript(torch, model, args, specs, names, opset, dynamic, seed)
+                proto = _torchscript(torch, model, args, specs, names, opset, dyn, traced, seed)
         except ConverterError:
             raise
         except Exception as exc:
@@ -136,4 +154,5 @@ def export(torch: Any, model: Any, specs: Sequence[InputSpec], *, exporter: str,
     seen = list(dict.fromkeys(f"{w.category.__name__}: {shorten(str(w.message))}" for w in caught))
     if printed.getvalue().strip():
         log.debug("torch printed: %s", printed.getvalue().strip()[:2000])
-    return Exported(proto, exporter, names, batch, time.perf_counter() - started, seen)
+    renamed = name_dims(proto, dyn)
+    return Exported(proto, exporter, names, traced, time.perf_counter() - started, seen, renamed)

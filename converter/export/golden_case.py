@@ -1,6 +1,6 @@
 """A golden case whose reference outputs are torch's, not a re-run of the exported graph.
 
-The data sets are the verification's (same seeded inputs, one per batch size); the manifest
+The data sets are the verification's (same seeded inputs, one per checked size); the manifest
 records the exported file as the model, torch as the reference and the export recipe, and uses
 the export's fp32 tolerance (the other precisions keep the defaults).
 """

@@ -2,7 +2,8 @@
 
 ``x:1x3x224x224:float32``, ``ids:1x16:int64:0..999``, ``mask:1x16:int64:0..1``. The order of the
 ``--input`` flags is the order of ``forward()``'s positional arguments. With a dynamic batch
-(the default) dim 0 of every input is the batch: the value written is the batch of the sample.
+(the default) dim 0 of every input is the batch: the value written is the batch of the sample
+(``--dynamic``, in dynamic.py, names other dynamic axes; the value written is their sample size).
 
 Sample data is seeded: floats ~ N(0, 1) (or uniform in ``low..high``), integers uniform in
 ``low..high`` inclusive (default ``0..1``, right for masks, valid ids for any vocabulary),
@@ -12,7 +13,7 @@ booleans at random.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,10 +32,6 @@ class InputSpec:
     dtype: str = "float32"
     low: float | None = None
     high: float | None = None
-
-    def shape_at(self, batch: int | None) -> tuple[int, ...]:
-        """The shape with dim 0 replaced by ``batch`` (``None``: as written)."""
-        return self.shape if batch is None else (batch, *self.shape[1:])
 
 
 def _number(text: str, item: str, integer: bool) -> float:
@@ -84,12 +81,12 @@ def parse_inputs(items: Sequence[str]) -> list[InputSpec]:
     return specs
 
 
-def sample_feeds(specs: Sequence[InputSpec], seed: int, batch: int | None) -> dict[str, np.ndarray]:
-    """Seeded sample data for every input, at ``batch`` (``None``: the shapes as written)."""
+def sample_feeds(specs: Sequence[InputSpec], seed: int, shapes: Mapping[str, tuple[int, ...]] | None = None) -> dict[str, np.ndarray]:
+    """Seeded sample data for every input, at ``shapes`` (by input name; missing: the shape as written)."""
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
     for s in specs:
-        shape, dt = s.shape_at(batch), np.dtype(s.dtype)
+        shape, dt = (shapes or {}).get(s.name, s.shape), np.dtype(s.dtype)
         if dt.kind == "f":
             data = rng.standard_normal(shape) if s.low is None else rng.uniform(s.low, s.high, size=shape)
             feeds[s.name] = data.astype(dt)

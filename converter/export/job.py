@@ -17,6 +17,8 @@ import onnx
 from converter.backend_api import TensorSpec
 from converter.compare import DEFAULT_TOLERANCES, Tolerance
 from converter.errors import CheckFailed, UsageError
+from converter.export import dynamic
+from converter.export.dynamic import DEFAULT_BATCHES, DynamicAxes, check_points, check_sizes, given_sizes, parse_dynamic, parse_sizes
 from converter.export.exporter import Exported, export
 from converter.export.golden_case import record_torch_case
 from converter.export.inputs import InputSpec, parse_inputs
@@ -34,7 +36,6 @@ log = logging.getLogger("converter.export")
 # torch vs ONNX Runtime in fp32: the golden fp32 policy (elementwise atol 1e-5 x output scale,
 # rtol 1e-4, cosine >= 0.99999, top-1 agreement 1.0 on class scores).
 EXPORT_TOLERANCE: Tolerance = DEFAULT_TOLERANCES["fp32"]
-DEFAULT_BATCHES = (1, 4)
 
 
 @dataclass
@@ -54,6 +55,8 @@ class ExportRequest:
     force: bool = False
     keep_failed: bool = False
     recipe: str = ""
+    dynamic: list[str] = field(default_factory=list)  # --dynamic NAME:AXIS=SYMBOL[,...] (empty: dim 0 is the batch)
+    sizes: list[str] = field(default_factory=list)  # --sizes SYMBOL=A,B
 
 
 @dataclass
@@ -61,6 +64,8 @@ class Plan:
     spec: Spec
     inputs: list[InputSpec]
     output: Path
+    dyn: DynamicAxes = field(default_factory=DynamicAxes)
+    checked: dict[str, tuple[int, ...]] = field(default_factory=dict)  # symbol → the sizes the check runs at
 
 
 @dataclass
@@ -84,10 +89,20 @@ class ExportOutcome:
         def specs(items: list[TensorSpec]) -> str:
             return ", ".join(f"{s.name}[{','.join('?' if d is None else str(d) for d in s.shape)}] {s.dtype}" for s in items)
 
-        r = self.request
+        r, dyn = self.request, self.plan.dyn
+        if not dyn.symbols:
+            shapes = "static shapes"
+        elif dyn.is_default_batch:
+            shapes = f"dynamic batch (traced at batch {self.exported.trace_batch})"
+        else:
+            shapes = f"dynamic axes {dyn.text()} (traced at {dynamic.sizes_text(self.exported.trace_sizes)})"
+        given = given_sizes(dyn, self.plan.inputs)
+        raised = [f"{s} {n} (--input gives {given[s]}; torch.export specializes sizes 0 and 1)" for s, n in self.exported.trace_sizes.items() if n != given[s] and s != dynamic.BATCH]
         lines = [
             f"exported {self.plan.spec.text}{' with weights ' + str(r.weights) if r.weights else ''} with the {self.exported.exporter} exporter "
-            f"(torch {self.torch_version}) in {self.exported.seconds:.1f}s; {'static shapes' if r.static else f'dynamic batch (traced at batch {self.exported.trace_batch})'}",
+            f"(torch {self.torch_version}) in {self.exported.seconds:.1f}s; {shapes}",
+            *(f"  traced at {text}" for text in raised),
+            *([f"  renamed dims {', '.join(f'{a} → {b}' for a, b in self.exported.renamed.items())}"] if self.exported.renamed else []),
             f"  {self.opset.line()}",
             *(f"  repaired {fix}" for fix in self.opset.fixes),
             f"  inputs: {specs(self.onnx_inputs)}",
@@ -103,8 +118,12 @@ class ExportOutcome:
             "weights": None if r.weights is None else str(r.weights),
             "exporter": self.exported.exporter,
             "torch": self.torch_version,
-            "dynamic_batch": not r.static,
+            "dynamic_batch": dynamic.BATCH in self.plan.dyn.symbols,
             "trace_batch": self.exported.trace_batch,
+            "dynamic_axes": self.plan.dyn.to_json(),
+            "trace_sizes": self.exported.trace_sizes,
+            "check_sizes": dynamic.to_json(self.plan.checked),
+            "renamed_dims": self.exported.renamed,
             "export_seconds": round(self.exported.seconds, 3),
             "opset": self.opset.to_json(),
             "inputs": [s.to_json() for s in self.onnx_inputs],
@@ -129,10 +148,8 @@ def plan(req: ExportRequest) -> Plan:
     """Everything that can be checked before torch is imported: the spec, inputs, paths."""
     spec = parse_spec(req.spec)
     inputs = parse_inputs(req.inputs)
-    if req.static and req.batches != DEFAULT_BATCHES:
-        raise UsageError("--batches applies to a dynamic batch; a --static export is checked at the shapes given by --input")
-    if not req.static and any(b <= 0 for b in req.batches):
-        raise UsageError("--batches must be positive integers, e.g. 1,4")
+    dyn = parse_dynamic(req.dynamic, inputs, req.static)
+    checked = check_sizes(dyn, given_sizes(dyn, inputs), tuple(req.batches), parse_sizes(req.sizes))
     newest = onnx.defs.onnx_opset_version()
     if req.opset is not None and not 7 <= req.opset <= newest:
         raise UsageError(f"--opset {req.opset} is out of range (7..{newest}, the newest this onnx {onnx.__version__} knows)")
@@ -146,7 +163,7 @@ def plan(req: ExportRequest) -> Plan:
     if req.golden is not None and req.golden.exists() and not req.force:
         what = "golden case" if (req.golden / MANIFEST).is_file() else "folder"
         raise UsageError(f"{what} {req.golden} already exists; reference outputs change only on purpose: pass --force to replace it")
-    return Plan(spec, inputs, out)
+    return Plan(spec, inputs, out, dyn, checked)
 
 
 def run_export(req: ExportRequest, planned: Plan | None = None) -> ExportOutcome:
@@ -154,21 +171,21 @@ def run_export(req: ExportRequest, planned: Plan | None = None) -> ExportOutcome
     torch = require_torch()
     log.info("loading %s%s", p.spec.text, f" with weights {req.weights}" if req.weights else "")
     model = load_model(torch, p.spec, req.weights)
-    log.info("exporting with the %s exporter (torch %s), %s", req.exporter, torch.__version__, "static shapes" if req.static else "dynamic batch")
-    exported = export(torch, model, p.inputs, exporter=req.exporter, opset=req.opset, dynamic=not req.static, output_names=req.output_names, seed=req.seed)
+    log.info("exporting with the %s exporter (torch %s), %s", req.exporter, torch.__version__, f"dynamic axes {p.dyn.text()}" if p.dyn.symbols else "static shapes")
+    exported = export(torch, model, p.inputs, exporter=req.exporter, opset=req.opset, dyn=p.dyn, output_names=req.output_names, seed=req.seed)
     fixes = fix_split_num_outputs(exported.proto)
     opset = opset_report(exported.proto, req.opset, fixes)
     if req.opset is not None and opset.written != req.opset:
         log.warning("asked for opset %d, the %s exporter wrote opset %d", req.opset, req.exporter, opset.written)
     for text in exported.warnings:
         log.info("torch warned: %s", text)
-    batches: list[int | None] = [None] if req.static else list(req.batches)
+    points = check_points(p.checked)
     with staging_folder(p.output.parent) as staging:
         staged = write_model(exported.proto, staging / p.output.name)
         log.info("checking %s with onnx.checker (full_check)", p.output.name)
         check_file(staged[0])
-        log.info("running torch and ONNX Runtime at batch %s", ", ".join("as given" if b is None else str(b) for b in batches))
-        report = verify(torch, model, staged[0], p.inputs, exported.output_names, batches, req.seed, req.tolerance)
+        log.info("running torch and ONNX Runtime at %s", "; ".join(dynamic.sizes_text(s) or "the shapes given" for s in points))
+        report = verify(torch, model, staged[0], p.inputs, exported.output_names, p.dyn, points, req.seed, req.tolerance)
         outcome = ExportOutcome(req, p, str(torch.__version__), exported, opset, graph_inputs(exported.proto), graph_outputs(exported.proto), report)
         if not report and not req.keep_failed:
             raise ExportCheckFailed(outcome)

@@ -1,4 +1,4 @@
-"""Run torch and ONNX Runtime on the same seeded inputs, at several batch sizes, and compare.
+"""Run torch and ONNX Runtime on the same seeded inputs, at several sizes of the dynamic axes, and compare.
 
 ONNX Runtime runs the exported file with graph optimizations off, so the check is about the
 export; what a backend's optimizations do is the golden check's business (``--golden``/``--then``).
@@ -6,7 +6,7 @@ export; what a backend's optimizations do is the golden check's business (``--go
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ import onnxruntime as ort
 
 from converter.compare import Comparison, Tolerance, compare
 from converter.errors import ModelError, describe_exception
+from converter.export.dynamic import DynamicAxes, sizes_text
 from converter.export.exporter import run_torch
 from converter.export.inputs import InputSpec, sample_feeds
 from converter.golden import DataSet
@@ -23,30 +24,38 @@ from converter.ort_session import session_options
 
 
 @dataclass
-class BatchCheck:
+class SizeCheck:
+    """One run of both: ``sizes`` of the dynamic axes (empty: static shapes), ``batch`` dim 0 of the first input."""
+
     batch: int
+    sizes: dict[str, int]
     seed: int
     comparison: Comparison
     data: DataSet
 
+    @property
+    def label(self) -> str:
+        return sizes_text(self.sizes) if self.sizes else f"batch {self.batch}"
+
     def to_json(self) -> dict[str, Any]:
-        return {"batch": self.batch, "seed": self.seed, "inputs": {k: list(v.shape) for k, v in self.data.inputs.items()}, **self.comparison.to_json()}
+        inputs = {k: list(v.shape) for k, v in self.data.inputs.items()}
+        return {"batch": self.batch, "sizes": self.sizes, "seed": self.seed, "inputs": inputs, **self.comparison.to_json()}
 
 
 @dataclass
 class VerifyReport:
-    checks: list[BatchCheck]
+    checks: list[SizeCheck]
 
     def __bool__(self) -> bool:
         return all(bool(c.comparison) for c in self.checks)
 
     def failed(self) -> list[str]:
-        return [f"batch {c.batch}: {', '.join(c.comparison.failed_outputs())}" for c in self.checks if not c.comparison]
+        return [f"{c.label}: {', '.join(c.comparison.failed_outputs())}" for c in self.checks if not c.comparison]
 
     def table(self) -> str:
         lines = []
         for c in self.checks:
-            lines.append(f"torch vs ONNX Runtime at batch {c.batch} (seed {c.seed}): {'PASS' if c.comparison else 'FAIL'}")
+            lines.append(f"torch vs ONNX Runtime at {c.label} (seed {c.seed}): {'PASS' if c.comparison else 'FAIL'}")
             lines.append(c.comparison.table())
         return "\n".join(lines)
 
@@ -76,15 +85,21 @@ def run_ort(sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> dict[st
 
 def verify(
     torch: Any, model: Any, path: Path, specs: Sequence[InputSpec], output_names: Sequence[str],
-    batches: Sequence[int | None], seed: int, tolerance: Tolerance,
+    dyn: DynamicAxes, points: Sequence[Mapping[str, int]], seed: int, tolerance: Tolerance,
 ) -> VerifyReport:
-    """Compare torch with ONNX Runtime at each batch (``None``: the shapes as written)."""
+    """Compare torch with ONNX Runtime at each point (sizes of ``dyn``'s symbols; ``{}``: the shapes as written)."""
     sess = open_session(path)
     checks = []
-    for i, batch in enumerate(batches):
-        feeds = sample_feeds(specs, seed + i, batch)
-        reference = dict(zip(output_names, run_torch(torch, model, specs, feeds)))
+    for i, sizes in enumerate(points):
+        feeds = sample_feeds(specs, seed + i, dyn.shapes(specs, sizes))
+        try:
+            reference = dict(zip(output_names, run_torch(torch, model, specs, feeds)))
+        except ModelError as exc:
+            if not sizes:
+                raise
+            raise ModelError(f"{exc} (the check at {sizes_text(sizes)}; --sizes SYMBOL=A,B or --batches choose the sizes checked)") from exc
         actual = run_ort(sess, feeds)
         comparison = compare(actual, reference, tolerance, "fp32", names=list(output_names))
-        checks.append(BatchCheck(specs[0].shape_at(batch)[0], seed + i, comparison, DataSet(feeds, reference, f"test_data_set_{i}")))
+        batch = int(feeds[specs[0].name].shape[0])
+        checks.append(SizeCheck(batch, dict(sizes), seed + i, comparison, DataSet(feeds, reference, f"test_data_set_{i}")))
     return VerifyReport(checks)
