@@ -4,11 +4,16 @@ The original (static batch) model runs on N seeded samples, one at a time; the
 dynamic model runs once on the samples stacked along the batch dim; the outputs
 must equal the batch-1 outputs stacked the same way.
 
-Batch dims are read from the dynamic model: an input or output dim that is
-symbolic there (``dim_param`` or unknown) is its batch dim; an input without one
-gets the same value in every sample, an output without one must equal the
-batch-1 output. Tolerance: ``|dynamic - stacked| <= 1e-5 * max|stacked|`` per
-output (``rtol=0``), cosine similarity >= 0.99999.
+Every input and output is stacked along its own batch dim (a recurrent state
+``[layers, batch, hidden]`` along dim 1); an input without one (a scalar, a
+table) gets the same value in every sample, an output without one must equal the
+batch-1 output. The dims are given (``axes``, as the dynamic_batch pass knows
+them) or read from the two models: for an input, the dim that is fixed in the
+original and symbolic in the dynamic model (else its first symbolic dim); for an
+output, the dim named like an input's batch dim (``batch``, ``batch*4``), else the
+dim made symbolic, else its first symbolic dim; a scalar has none.
+Tolerance: ``|dynamic - stacked| <= 1e-5 * max|stacked|`` per output (``rtol=0``),
+cosine similarity >= 0.99999.
 """
 
 from __future__ import annotations
@@ -32,12 +37,41 @@ BATCH_TOLERANCE = Tolerance(atol=1e-5, rtol=0.0, min_cosine=0.99999, min_top1=No
 """Max abs error <= 1e-5 times the output's scale (max |reference|); nothing relative per element."""
 
 
+def _fixed(d: int | str | None) -> bool:
+    return isinstance(d, int) and d > 0
+
+
 def batch_axis(spec: TensorSpec) -> int | None:
     """The first dim that is not a fixed size, or None when every dim is fixed."""
     for i, d in enumerate(spec.shape):
-        if not (isinstance(d, int) and d > 0):
+        if not _fixed(d):
             return i
     return None
+
+
+def _made_dynamic(before: TensorSpec | None, after: TensorSpec) -> int | None:
+    """The first dim fixed in ``before`` and symbolic in ``after``."""
+    if before is None or len(before.shape) != len(after.shape):
+        return None
+    return next((i for i, (a, b) in enumerate(zip(before.shape, after.shape)) if _fixed(a) and not _fixed(b)), None)
+
+
+def infer_axes(original: onnx.ModelProto, dynamic: onnx.ModelProto) -> tuple[dict[str, int | None], dict[str, int | None]]:
+    """Batch dims of the inputs (by the original's inputs) and outputs (by the dynamic model's) read from the two models."""
+    dyn_in = {s.name: s for s in graph_inputs(dynamic)}
+    in_axes: dict[str, int | None] = {}
+    for s in graph_inputs(original):
+        d = dyn_in.get(s.name)
+        found = _made_dynamic(s, d) if d is not None else None
+        in_axes[s.name] = found if found is not None else (batch_axis(d) if d is not None else None)
+    params = {str(dyn_in[n].shape[ax]) for n, ax in in_axes.items() if ax is not None and n in dyn_in and isinstance(dyn_in[n].shape[ax], str)}
+    orig_out = {s.name: s for s in graph_outputs(original)}
+    out_axes: dict[str, int | None] = {}
+    for s in graph_outputs(dynamic):
+        named = next((i for i, d in enumerate(s.shape) if isinstance(d, str) and d.split("*")[0] in params), None)
+        made = _made_dynamic(orig_out.get(s.name), s)
+        out_axes[s.name] = named if named is not None else made if made is not None else (batch_axis(s) if s.shape else 0)
+    return in_axes, out_axes
 
 
 @dataclass
@@ -133,18 +167,21 @@ def check_batch_stacking(
     seed: int = 0,
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
     tolerance: Tolerance = BATCH_TOLERANCE,
+    axes: Mapping[str, int | None] | None = None,
 ) -> BatchCheck:
     """Run ``dynamic`` at each batch size and compare with stacked runs of ``original`` (see the module doc).
 
     ``input_shapes`` fixes other symbolic dims of the original's inputs (its batch stays as exported).
+    ``axes`` gives the batch dim (or None) of inputs and outputs by name; the others are read from the models.
     Sample ``i`` uses seed ``seed + i``, so the samples differ and the result is reproducible.
     """
     overrides = dict(input_shapes or {})
     in_specs = graph_inputs(original)
-    dyn_in = {s.name: s for s in graph_inputs(dynamic)}
-    dyn_out = {s.name: s for s in graph_outputs(dynamic)}
-    in_axes = {s.name: batch_axis(dyn_in[s.name]) if s.name in dyn_in else None for s in in_specs}
-    out_axes = {n: (batch_axis(s) if s.shape else 0) for n, s in dyn_out.items()}
+    in_axes, out_axes = infer_axes(original, dynamic)
+    for name, axis in (axes or {}).items():
+        for found in (in_axes, out_axes):
+            if name in found:
+                found[name] = axis
     check = BatchCheck([], tolerance, in_axes, out_axes)
     per_sample = _old_batch(in_specs, in_axes, overrides)
     try:
@@ -176,6 +213,8 @@ def check_batch_stacking(
         for name, ax in out_axes.items():
             if name not in used[0][1]:
                 continue
+            if ax is not None and np.ndim(used[0][1][name]) <= ax:  # a scalar (or lower-rank) output has no batch dim
+                out_axes[name] = ax = None
             expected[name] = used[0][1][name] if ax is None else np.concatenate([s[1][name] for s in used], axis=ax)
         try:
             actual = run_session(dyn_sess, stacked)

@@ -288,7 +288,10 @@ def export(module: nn.Module, shape: tuple[int, ...], path: Path, exporter: str,
 
 
 def run_pass(model: onnx.ModelProto, **options):
-    return DynamicBatchPass(DynamicBatchOptions(**options)).run(model, CTX)
+    """The pass on a copy: callers keep ``model`` as the original to prove against."""
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    return DynamicBatchPass(DynamicBatchOptions(**options)).run(work, CTX)
 
 
 def dim_param(vi: onnx.ValueInfoProto, axis: int = 0) -> str:

@@ -118,3 +118,37 @@ def test_json_and_table() -> None:
 @pytest.mark.parametrize(("shape", "axis"), [((1, 3), None), (("N", 3), 0), ((2, None), 1), ((), None)])
 def test_batch_axis(shape, axis) -> None:
     assert batch_axis(TensorSpec("t", "float32", shape)) == axis
+
+
+STATE = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[{b},3] x, float[2,{b},3] state, float s) => (float[{b},3] y, float[{L},{b},3] stateN, float c) {{
+    y = Mul(x, s)
+    ax = Constant <value = int64[1] {{0}}> ()
+    u = Unsqueeze(x, ax)
+    stateN = Add(state, u)
+    c = Mul(s, s)
+}}"""
+
+
+def test_state_inputs_and_outputs_stack_along_their_own_dim_and_scalars_are_shared() -> None:
+    """A recurrent state [layers, batch, hidden] stacks along dim 1 (even when an output names its layers dim
+    symbolically first); a scalar input gets one value, a scalar output must equal the batch-1 one."""
+    original, dynamic = parse(STATE.format(b="1", L="2")), parse(STATE.format(b="batch", L="layers"))
+    check = check_batch_stacking(original, dynamic, (1, 2, 7))
+    assert check, check.table()
+    assert check.input_axes == {"x": 0, "state": 1, "s": None}
+    assert check.output_axes == {"y": 0, "stateN": 1, "c": None}
+    assert check.runs[2].comparison.outputs[1].shape == (2, 7, 3)
+
+
+def test_axes_given_override_what_the_models_say() -> None:
+    original, dynamic = parse(STATE.format(b="1", L="2")), parse(STATE.format(b="batch", L="layers"))
+    for out in dynamic.graph.output:  # no shapes: nothing to read the batch dim from
+        out.type.tensor_type.ClearField("shape")
+    assert not check_batch_stacking(original, dynamic, (2,))  # stateN would be stacked along dim 0
+    check = check_batch_stacking(original, dynamic, (2, 3), axes={"stateN": 1, "c": None})
+    assert check, check.table()
+    assert check.output_axes == {"y": 0, "stateN": 1, "c": None}
+    shared = check_batch_stacking(original, dynamic, (2,), axes={"state": None, "stateN": 1})
+    assert shared and shared.input_axes["state"] is None  # one state broadcast to every sample: as good here

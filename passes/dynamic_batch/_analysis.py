@@ -17,103 +17,20 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, NamedTuple
 
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from converter.graph_edit import node_inputs
+from converter.graph_info import iter_graphs
+from converter.passes.dynamic_batch._facts import Rewrite
+from converter.passes.dynamic_batch._flags import SHAPE_INPUTS, BDim, Flag, Flags, attr, fmt_flag, label, plain, subgraphs
 from converter.passes.dynamic_batch._graph import GraphEdits, Refuse
-from converter.passes.dynamic_batch._values import Lin, NotLinear, ShapeLookup, Value, depends_on_batch, evaluate, tensor_value, to_ints
+from converter.passes.dynamic_batch._shapes import infer_node
+from converter.passes.dynamic_batch._trace import Seed, check_input_origin
+from converter.passes.dynamic_batch._values import Lin, NotLinear, ShapeLookup, Value, depends_on_batch, evaluate, is_static, tensor_value, to_ints
 
-
-class BDim(NamedTuple):
-    """A dim holding ``outer * sum(parts) * batch`` elements (see the module doc)."""
-
-    parts: tuple[int, ...]
-    outer: int = 1
-
-    @property
-    def total(self) -> int:
-        return self.outer * sum(self.parts)
-
-    @property
-    def k(self) -> int | None:
-        """``k`` of a plain ``k * batch`` dim (batch outermost, one part); None otherwise."""
-        return self.parts[0] if len(self.parts) == 1 and self.outer == 1 else None
-
-    def __str__(self) -> str:
-        one = " + ".join("batch" if k == 1 else f"{k}*batch" for k in self.parts)
-        return one if self.outer == 1 else f"{self.outer} x ({one}), batch inside"
-
-
-def plain(k: int) -> BDim:
-    return BDim((k,))
-
-
-Flag = BDim | None
-Flags = tuple[Flag, ...]
 Rule = Callable[[onnx.NodeProto, "Analysis"], None]
-
-
-SHAPE_INPUTS: dict[str, range] = {
-    "Reshape": range(1, 2), "Expand": range(1, 2), "Tile": range(1, 2), "ConstantOfShape": range(0, 1),
-    "Slice": range(1, 5), "Split": range(1, 2), "Resize": range(1, 4), "Upsample": range(1, 2), "Pad": range(1, 2),
-    "Squeeze": range(1, 2), "Unsqueeze": range(1, 2), "TopK": range(1, 2), "CumSum": range(1, 2),
-    **{op: range(1, 2) for op in ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
-                                  "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")},
-}
-"""Inputs whose value only decides the output's shape, not the values computed."""
-
-
-def fmt_flag(f: Flag) -> str:
-    return "static" if f is None else str(f)
-
-
-def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
-def set_attr(node: onnx.NodeProto, name: str, value: Any) -> None:
-    for i, a in enumerate(node.attribute):
-        if a.name == name:
-            del node.attribute[i]
-            break
-    node.attribute.append(helper.make_attribute(name, value))
-
-
-def norm_axis(axis: int, rank: int) -> int:
-    a = axis + rank if axis < 0 else axis
-    if not 0 <= a < rank:
-        raise Refuse(f"axis {axis} is out of range for rank {rank}")
-    return a
-
-
-def label(node: onnx.NodeProto) -> str:
-    return f"{node.op_type} '{node.name or node.output[0]}'"
-
-
-@dataclass(frozen=True)
-class Rewrite:
-    """One place where the graph hard-coded the batch, and what the pass made of it."""
-
-    op: str
-    """The node's op type, or ``"graph output"``."""
-    node: str
-    """The node's name (its first output when unnamed), or the graph output's name."""
-    change: str
-    """What was rewritten, e.g. ``shape [1, 64] → [0, 64]``."""
-
-    @classmethod
-    def of(cls, node: onnx.NodeProto, change: str) -> Rewrite:
-        return cls(node.op_type, node.name or node.output[0], change)
-
-    def __str__(self) -> str:
-        return f"{self.op} '{self.node}': {self.change}"
 
 
 class Analysis:
@@ -148,11 +65,21 @@ class Analysis:
         self.pending: list[onnx.NodeProto] = []
         self.inserted = 0
         """Nodes inserted before readers (broadcasts of batch-1 constants)."""
-        self.producer: dict[str, onnx.NodeProto] = {o: n for n in nodes for o in n.output if o}
+        everything = [*nodes, *(n for top in nodes for sg in subgraphs(top) for g in iter_graphs(sg) for n in g.node)]
+        self.producer: dict[str, onnx.NodeProto] = {o: n for n in everything for o in n.output if o}
         self.uses: dict[str, int] = defaultdict(int)
-        for n in nodes:
+        for n in everything:  # outer-scope reads count at the If and again inside: more uses only means fewer in-place rewrites
             for x in node_inputs(n):
                 self.uses[x] += 1
+        self.steps = 0
+        """Nodes visited so far, subgraph nodes included: ``position`` of the node being visited."""
+        self.seeds: dict[str, Seed] = {}
+        """Graph inputs and where they carry the batch (set by the pass before the walk)."""
+        self.input_names: set[str] = set()
+        self.aliases: dict[str, list[str]] = {}
+        """If outputs → the outputs of the branches analysed for them."""
+        self.subgraph_plans: list[tuple[onnx.GraphProto, list[onnx.NodeProto]]] = []
+        """New node lists of walked subgraphs (broadcasts inserted), innermost first; applied by the pass."""
         self.graph_outputs = {o.name for o in graph.output}
         self._broadcasts: dict[tuple[str, int, int], str] = {}
         for t in graph.initializer:
@@ -273,6 +200,7 @@ class Analysis:
 
     def batched_version(self, name: str, pos: int, k: int, reader: str) -> str:
         """``name`` with ``k * batch`` at dim ``pos``: its producer rewritten in place, or a broadcast of it."""
+        check_input_origin(self, name, pos, k, reader)
         dims = self.static_dims(name)
         if dims[pos] != self.B * k:
             raise Refuse(f"'{name}' has size {dims[pos]} at dim {pos}, where the batch ({self.B}{'' if k == 1 else f' * {k}'}) is needed")
@@ -333,13 +261,16 @@ class Analysis:
     # ---- the walk ----------------------------------------------------------------
 
     def visit(self, node: onnx.NodeProto) -> None:
+        self.position = self.steps
+        self.steps += 1
         ins = node_inputs(node)
         if any(x in self.poisoned for x in ins):
             self.poisoned.update(o for o in node.output if o)
             return
+        self._fill_shapes(node)
         self._track_values(node)
         involved = any(self.batched(x) for x in ins) or any(self.value_depends(x) for x in ins)
-        if not involved:
+        if not involved and node.op_type != "If":  # branches are walked anyway: their shapes and values matter later
             return
         if node.domain in ("", "ai.onnx"):
             rule = self.rules.get(node.op_type, self.fallback)
@@ -351,6 +282,42 @@ class Analysis:
             self.refusals.append(f"{label(node)}: {exc}")
             self.refused_at.append(self.position)
             self.poisoned.update(o for o in node.output if o)
+
+    def walk(self, graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+        """Visit a subgraph's nodes in order; returns its new node list (broadcasts inserted before readers)."""
+        saved = self.pending, self.position, dict(self._broadcasts)
+        nodes: list[onnx.NodeProto] = []
+        try:
+            for n in list(graph.node):
+                self.pending = []
+                self.visit(n)
+                nodes.extend(self.pending)
+                nodes.append(n)
+        finally:
+            self.pending, self.position, self._broadcasts = saved
+        self.subgraph_plans.append((graph, nodes))
+        return nodes
+
+    def broadcast_in(self, nodes: list[onnx.NodeProto], name: str, pos: int, k: int, reader: str) -> str:
+        """``batched_version`` for a tensor of a subgraph whose node list is ``nodes`` (new nodes go at its end)."""
+        saved = self.pending, dict(self._broadcasts)
+        self.pending = []
+        try:
+            out = self.batched_version(name, pos, k, reader)
+            nodes.extend(self.pending)
+        finally:
+            self.pending, self._broadcasts = saved
+        return out
+
+    def _fill_shapes(self, node: onnx.NodeProto) -> None:
+        if all(o in self.static and None not in self.static[o] for o in node.output if o):
+            return
+        data = {}
+        for x in node.input:
+            v = self.values.get(x) if x else None
+            if v is not None and is_static(v):
+                data[x] = to_ints(v)
+        infer_node(node, self.static, self.types, data, self.opset)
 
     def _track_values(self, node: onnx.NodeProto) -> None:
         vals = [self.value(x) for x in node.input]

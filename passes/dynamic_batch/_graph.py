@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from converter.graph_info import iter_graphs
 from converter.passes.dynamic_batch._values import Lin
 
 PREFIX = "dynamic_batch"
@@ -25,15 +26,17 @@ class Refuse(Exception):
 class GraphEdits:
     """New names, constants and prelude nodes for one run of the pass."""
 
-    def __init__(self, graph: onnx.GraphProto, opset: int, batch_source: str, ir_version: int = 8) -> None:
+    def __init__(self, graph: onnx.GraphProto, opset: int, batch_source: str, ir_version: int = 8, batch_axis: int = 0) -> None:
         self.graph = graph
         self.ir_version = ir_version
         self.opset = opset
         self.batch_source = batch_source
+        self.batch_axis = batch_axis
         self._taken: set[str] = {t.name for t in graph.initializer} | {v.name for v in graph.input}
-        for n in graph.node:
-            self._taken.update(n.output)
-            self._taken.add(n.name)
+        for g in iter_graphs(graph):
+            for n in g.node:
+                self._taken.update(n.output)
+                self._taken.add(n.name)
         self.prelude: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._consts: dict[tuple, str] = {}
@@ -66,14 +69,15 @@ class GraphEdits:
         return self._consts[key]
 
     def batch(self) -> str:
-        """An int64 [1] tensor holding the run-time batch: dim 0 of the first batched input."""
+        """An int64 [1] tensor holding the run-time batch: its dim of the main input (dim 0 unless ``axes=`` says)."""
         if self._batch is None:
+            ax = self.batch_axis
             if self.opset >= 15:
-                node = self.make_node("Shape", [self.batch_source], "batch", start=0, end=1)
+                node = self.make_node("Shape", [self.batch_source], "batch", start=ax, end=ax + 1)
                 self.prelude.append(node)
             else:
                 shape = self.make_node("Shape", [self.batch_source], "input_shape")
-                node = self.make_node("Gather", [shape.output[0], self.const_int64([0], base="zero")], "batch", axis=0)
+                node = self.make_node("Gather", [shape.output[0], self.const_int64([ax], base="zero" if ax == 0 else "axis")], "batch", axis=0)
                 self.prelude.extend([shape, node])
             self._batch = node.output[0]
         return self._batch

@@ -1,15 +1,19 @@
-"""dynamic_batch: make dim 0 of a static-batch model symbolic, and rewrite what still holds the old batch.
+"""dynamic_batch: make the batch dim of a static-batch model symbolic, and rewrite what still holds the old batch.
 
 Exporters bake the example batch (usually 1) into the graph: Reshape shape
 constants, Expand/Tile sizes, Slice ends, Split sizes, LSTM initial states.
-The pass marks the batch dim of every tensor (``_batch_analysis``), rewrites each
-node that would break at another batch (0 or -1 in a Reshape shape, shapes
-computed from ``Shape(x)[0]``, broadcasts of batch-1 constants), and refuses,
-naming the nodes, where samples would not stay independent. By default it then
-proves the result: batch ``verify_batch`` must equal that many stacked batch-1
-runs of the original (:mod:`converter.batch_verify`).
+The pass marks the batch dim of every tensor (``_analysis``), starting from the
+main input (``_inputs``) and finding the batch dim of every other input by what
+it meets (an LSTM state ``[layers, batch, hidden]`` carries it at dim 1, ``_trace``;
+scalars and tables carry none and are left alone), rewrites each node that
+would break at another batch (0 or -1 in a Reshape shape, shapes computed from
+``Shape(x)[0]``, broadcasts of batch-1 constants), walks If branches, and
+refuses, naming the nodes, where samples would not stay independent. By
+default it then proves the result: batch ``verify_batch`` must equal that many
+stacked batch-1 runs of the original, each input and output stacked along its
+own batch dim (:mod:`converter.batch_verify`).
 
-A model whose inputs already have a symbolic batch is left alone; ``repair=true``
+A model whose main input already has a symbolic batch is left alone; ``repair=true``
 analyses it as batch ``dim`` (default 1) anyway, for exports with
 ``dynamic_axes`` whose code still says ``view(1, -1)``.
 """
@@ -17,19 +21,23 @@ analyses it as batch ``dim`` (default 1) anyway, for exports with
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import onnx
 
 from converter.batch_verify import check_batch_stacking
-from converter.errors import PassRefused, UsageError
 from converter.graph_edit import node_inputs, replace_repeated, topological_sort
 from converter.graph_info import opset_version
 from converter.options import bounded
 from converter.pass_api import Effect, Pass, PassContext, PassResult
-from converter.passes.dynamic_batch._analysis import Analysis, Refuse, Rewrite, fmt_flag, plain
+from converter.passes.dynamic_batch._analysis import Analysis
+from converter.passes.dynamic_batch._facts import BatchAxis, BatchDependenceError, axes_mapping
+from converter.passes.dynamic_batch._flags import plain
 from converter.passes.dynamic_batch._graph import GraphEdits
+from converter.passes.dynamic_batch._inputs import Plan, dims_of, dynamic_inputs, parse_axes, pin, plan_seeds, real_inputs
+from converter.passes.dynamic_batch._interface import outputs, update_interface
 from converter.passes.dynamic_batch._shapes import static_info
+from converter.passes.dynamic_batch._trace import InputAxisFound, Seed
 from converter.passes.dynamic_batch.rules import all_rules, fallback
 
 _MAX_LISTED = 8
@@ -45,8 +53,7 @@ class _Setup:
     """The model's nodes, in topological order (copies: attempts never touch the model)."""
     static: dict[str, tuple[int | None, ...]]
     types: dict[str, int]
-    chosen: list[onnx.ValueInfoProto]
-    old: int
+    plan: Plan
     opset: int
     ctx: PassContext
 
@@ -60,17 +67,15 @@ class _Attempt:
     unbatched: list[str]
     first_refusal: int
     """Position of the first refused node (past the last node when none was refused)."""
-
-
-class BatchDependenceError(PassRefused):
-    """The model uses its old batch in a way this pass cannot rewrite without changing results."""
+    seeds: dict[str, Seed]
 
 
 @dataclass(frozen=True)
 class DynamicBatchOptions:
     name: str = field(default="batch", metadata={"help": "name of the symbolic batch dim (dim_param)"})
-    dim: int | None = field(default=None, metadata=bounded(1, 1_000_000, "the static batch the model was exported with (default: dim 0 of the first input)"))
-    inputs: tuple[str, ...] = field(default=(), metadata={"help": "inputs whose dim 0 is the batch (default: every input)"})
+    dim: int | None = field(default=None, metadata=bounded(1, 1_000_000, "the static batch the model was exported with (default: the batch dim of the main input)"))
+    inputs: tuple[str, ...] = field(default=(), metadata={"help": "the main inputs, batched at dim 0 (default: the first input with dims, and others whose dim 0 is the batch); other inputs' batch dims are found by analysis"})
+    axes: tuple[str, ...] = field(default=(), metadata={"help": "batch dims of inputs, name:dim or name:none (e.g. [state:1,sr:none]); overrides what the analysis finds"})
     verify: bool = field(default=True, metadata={"help": "run the result on verify_batch stacked seeded samples and refuse it unless it equals the original run on each sample"})
     verify_batch: int = field(default=3, metadata=bounded(2, 64, "samples stacked in that self-check (batch = verify_batch x the old batch)"))
     repair: bool = field(default=False, metadata={"help": "inputs already have a symbolic batch: still find and rewrite nodes that hard-code it (as batch dim, default 1)"})
@@ -82,36 +87,7 @@ class DynamicBatchOptions:
             raise ValueError("dim must be >= 1")
         if self.verify_batch < 2:
             raise ValueError("verify_batch must be >= 2")
-
-
-def _dim0(vi: onnx.ValueInfoProto) -> int | str | None:
-    t = vi.type.tensor_type
-    if not t.HasField("shape") or not t.shape.dim:
-        raise UsageError(f"input '{vi.name}' has no dims, so it has no batch dim; name the batched inputs with inputs=[...]")
-    d = t.shape.dim[0]
-    if d.HasField("dim_value") and d.dim_value > 0:
-        return int(d.dim_value)
-    return d.dim_param or None
-
-
-def _batched_inputs(model: onnx.ModelProto, wanted: tuple[str, ...]) -> list[onnx.ValueInfoProto]:
-    inits = {t.name for t in model.graph.initializer}
-    real = [vi for vi in model.graph.input if vi.name not in inits]
-    if wanted:
-        names = {vi.name for vi in real}
-        unknown = [w for w in wanted if w not in names]
-        if unknown:
-            raise UsageError(f"inputs: '{unknown[0]}' is not an input of the model (inputs: {', '.join(sorted(names))})")
-        real = [vi for vi in real if vi.name in wanted]
-    if not real:
-        raise UsageError("the model has no inputs to carry a batch")
-    return real
-
-
-def _set_dim(vi: onnx.ValueInfoProto, axis: int, param: str) -> None:
-    d = vi.type.tensor_type.shape.dim[axis]
-    d.Clear()
-    d.dim_param = param
+        parse_axes(self.axes)
 
 
 def _is_sorted(graph: onnx.GraphProto) -> bool:
@@ -138,6 +114,12 @@ def _live_tensors(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> set[st
     return live
 
 
+def _axes_facts(model: onnx.ModelProto, seeds: dict[str, Seed], out_axes: dict[str, int | None]) -> list[BatchAxis]:
+    facts = [BatchAxis(vi.name, "input", s.axis if s else None, s.source if s else "none")
+             for vi in real_inputs(model) for s in [seeds.get(vi.name)]]
+    return facts + [BatchAxis(n, "output", ax, "analysis") for n, ax in out_axes.items()]
+
+
 class DynamicBatchPass(Pass[DynamicBatchOptions]):
     name = "dynamic_batch"
     summary = "Make the batch dim symbolic and rewrite every node that still holds the old batch (or refuse, naming it)."
@@ -146,65 +128,65 @@ class DynamicBatchPass(Pass[DynamicBatchOptions]):
 
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
         o = self.options
-        chosen = _batched_inputs(model, o.inputs)
-        dims0 = {vi.name: _dim0(vi) for vi in chosen}
-        dynamic = {n: d for n, d in dims0.items() if not isinstance(d, int)}
+        axes = parse_axes(o.axes)
+        dynamic = dynamic_inputs(model, o.inputs, axes)
         if dynamic:
-            if len(dynamic) < len(dims0):
-                listed = ", ".join(f"{n} has dim 0 {d or '?'}" for n, d in dims0.items())
-                raise BatchDependenceError(f"inputs disagree: {listed}; name the inputs to make dynamic with inputs=[...]")
-            text = ", ".join(f"'{n}' dim 0 is '{d or '?'}'" for n, d in dynamic.items())
+            text = ", ".join(f"'{n}' dim {ax} is '{d or '?'}'" for n, (ax, d) in dynamic.items())
             if not o.repair:
                 ctx.log.info("dynamic_batch: the batch is already dynamic (%s); model left unchanged", text)
-                return PassResult(model, False, facts={"already_dynamic": dict(dynamic)},
+                facts = {"already_dynamic": {n: d for n, (_, d) in dynamic.items()},
+                         "axes": [BatchAxis(vi.name, "input", dynamic[vi.name][0] if vi.name in dynamic else None, "symbolic" if vi.name in dynamic else "none") for vi in real_inputs(model)]}
+                return PassResult(model, False, facts=facts,
                                   refused=[f"batch already dynamic ({text}): nothing to rewrite (repair=true checks its nodes for a hard-coded batch anyway)"])
-            return self._repair(model, chosen, dynamic, ctx)
-        old = o.dim if o.dim is not None else int(dims0[chosen[0].name])  # type: ignore[arg-type]
-        wrong = [f"{n} has {d}" for n, d in dims0.items() if d != old]
-        if wrong:
-            raise BatchDependenceError(f"inputs disagree on the batch {old} in dim 0 ({', '.join(wrong)}); name the batched inputs with inputs=[...] or set dim=")
-        return self._convert(model, chosen, old, ctx)
+            return self._repair(model, dynamic, axes, ctx)
+        return self._convert(model, plan_seeds(model, o.inputs, axes, o.dim), ctx)
 
-    def _repair(self, model: onnx.ModelProto, chosen: list[onnx.ValueInfoProto], dynamic: dict[str, str | None], ctx: PassContext) -> PassResult:
+    def _repair(self, model: onnx.ModelProto, dynamic: dict[str, tuple[int, str | None]], axes: dict[str, int | None], ctx: PassContext) -> PassResult:
         """A model whose inputs already say 'batch' but whose nodes may still hard-code it (dim, default 1)."""
         old = self.options.dim or 1
-        for vi in chosen:  # analysed as the static model it really is
-            d = vi.type.tensor_type.shape.dim[0]
-            d.Clear()
-            d.dim_value = old
+        pin(model, {n: (ax, old) for n, (ax, _) in dynamic.items()})  # analysed as the static model it really is
         try:
-            result = self._convert(model, _batched_inputs(model, self.options.inputs), old, ctx)
+            plan = plan_seeds(model, self.options.inputs, {**axes, **{n: ax for n, (ax, _) in dynamic.items()}}, old)
+            result = self._convert(model, plan, ctx)
         except BaseException:
-            for vi in _batched_inputs(model, self.options.inputs):
-                if vi.name in dynamic:
-                    _set_dim(vi, 0, dynamic[vi.name] or self.options.name)
+            pin(model, dynamic)
             raise
-        result.facts["repaired_from"] = dict(dynamic)
-        if not result.facts["rewritten"] and all(d == self.options.name for d in dynamic.values()):
+        result.facts["repaired_from"] = {n: d for n, (_, d) in dynamic.items()}
+        if not result.facts["rewritten"] and all(d == self.options.name for _, d in dynamic.values()):
             result.modified = False
             result.refused.append(f"repair: no node hard-codes the batch {old}; model unchanged")
         return result
 
-    def _convert(self, model: onnx.ModelProto, chosen: list[onnx.ValueInfoProto], old: int, ctx: PassContext) -> PassResult:
+    def _convert(self, model: onnx.ModelProto, plan: Plan, ctx: PassContext) -> PassResult:
         o = self.options
         opset = opset_version(model) or 1
         original = None
         if o.verify:  # what the result is proven against (and restored from if the proof fails)
             original = onnx.ModelProto()
             original.CopyFrom(model)
-        done = self._rewrite(model, chosen, old, opset, ctx)
+        done = self._rewrite(model, plan, opset, ctx)
         analysis = done.analysis
-        self._update_interface(model, chosen, done.out_axes, analysis)
+        input_axes = {n: s.axis for n, s in done.seeds.items() if s.axis is not None}
+        update_interface(model, input_axes, done.out_axes, analysis, o.name)
+        out_axes: dict[str, int | None] = {out.name: done.out_axes[out.name][0] if out.name in done.out_axes else None for out in model.graph.output}
+        axes = _axes_facts(model, done.seeds, out_axes)
         facts = {
             "batch": o.name,
-            "old_batch": old,
-            "inputs": [vi.name for vi in chosen],
+            "old_batch": plan.old,
+            "inputs": list(input_axes),
             "outputs": {n: {"axis": ax, "dim": p} for n, (ax, p) in done.out_axes.items()},
+            "axes": axes,
             "rewritten": analysis.rewritten,
             "nodes_added": len(analysis.edits.prelude) + len(done.tail) + analysis.inserted,
         }
         if done.unbatched:
             facts["outputs_without_batch"] = done.unbatched
+        left = [a.tensor for a in axes if a.role == "input" and a.axis is None]
+        if left:
+            facts["inputs_without_batch"] = left
+        for a in axes:
+            if a.source in ("found", "none") and a.role == "input":
+                ctx.log.info("dynamic_batch: %s", a)
         if analysis.assumed:
             facts["assumed"] = analysis.assumed
             ctx.log.warning("dynamic_batch: %d node(s) without a rule were assumed per-sample: %s", len(analysis.assumed), "; ".join(analysis.assumed[:3]))
@@ -212,13 +194,13 @@ class DynamicBatchPass(Pass[DynamicBatchOptions]):
             ctx.log.info("dynamic_batch: %s", line)
         if original is not None:
             try:
-                facts["self_check"] = self._self_check(original, model, ctx, old)
+                facts["self_check"] = self._self_check(original, model, ctx, plan.old, axes_mapping(axes))
             except BatchDependenceError:
                 model.CopyFrom(original)
                 raise
         return PassResult(model, True, facts=facts)
 
-    def _rewrite(self, model: onnx.ModelProto, chosen: list[onnx.ValueInfoProto], old: int, opset: int, ctx: PassContext) -> _Attempt:
+    def _rewrite(self, model: onnx.ModelProto, plan: Plan, opset: int, ctx: PassContext) -> _Attempt:
         """Analyse and rewrite copies of the nodes; the model changes only once nothing was refused."""
         g = model.graph
         base = onnx.GraphProto()
@@ -227,12 +209,15 @@ class DynamicBatchPass(Pass[DynamicBatchOptions]):
             topological_sort(base)
         static, types = static_info(model)
         live_before = _live_tensors(g, list(g.node))
-        done = self._analyse(_Setup(g, base, static, types, chosen, old, opset, ctx))
+        done = self._search(_Setup(g, base, static, types, plan, opset, ctx))
         a = done.analysis
         if a.refusals:
             more = len(a.refusals) - _MAX_LISTED
             listed = "; ".join(a.refusals[:_MAX_LISTED]) + (f"; and {more} more" if more > 0 else "")
             raise BatchDependenceError(f"cannot make the batch dynamic without changing results: {listed}")
+        for sub, nodes in a.subgraph_plans:  # innermost first: an outer list copies the inner ones as they are by then
+            if len(nodes) != len(sub.node):
+                replace_repeated(sub.node, nodes)
         final = [*a.edits.prelude, *done.nodes, *done.tail]
         live = _live_tensors(g, final)
         keep = [n for n in final if any(x in live for x in n.output) or not any(x in live_before for x in n.output)]
@@ -246,6 +231,32 @@ class DynamicBatchPass(Pass[DynamicBatchOptions]):
         for t in dropped:
             g.initializer.remove(t)
         return done
+
+    def _search(self, setup: _Setup) -> _Attempt:
+        """The analysis with every input's batch dim found; guessed dim-0 inputs are dropped if they cause refusals."""
+        done = self._discover(setup)
+        movable = [n for n, s in done.seeds.items() if s.movable]
+        if done.analysis.refusals and movable:
+            seeds = {n: s for n, s in setup.plan.seeds.items() if not s.movable}
+            retry = self._discover(replace(setup, plan=replace(setup.plan, seeds=seeds)))
+            if not retry.analysis.refusals:
+                setup.ctx.log.debug("dynamic_batch: %s carry no batch at dim 0 after all", ", ".join(movable))
+                return retry
+        return done
+
+    def _discover(self, setup: _Setup) -> _Attempt:
+        """Walk; each time the batch reaches an input whose batch dim was not known, batch it there and walk again."""
+        seeds = dict(setup.plan.seeds)
+        tried: set[tuple[str, int]] = set()
+        while True:
+            try:
+                return self._analyse(replace(setup, plan=replace(setup.plan, seeds=seeds)))
+            except InputAxisFound as found:
+                if (found.name, found.axis) in tried:
+                    raise BatchDependenceError(f"input '{found.name}': its batch dim cannot be settled ({found})") from None
+                tried.add((found.name, found.axis))
+                seeds[found.name] = Seed(found.axis, "found")
+                setup.ctx.log.debug("dynamic_batch: %s", found)
 
     def _analyse(self, setup: _Setup) -> _Attempt:
         """Run the analysis; where a Reshape has several readings and a refusal follows, retry with the next one.
@@ -276,92 +287,32 @@ class DynamicBatchPass(Pass[DynamicBatchOptions]):
     def _attempt(self, setup: _Setup, choices: dict[int, int]) -> _Attempt:
         work = onnx.GraphProto()
         work.node.extend(setup.base.node)
-        edits = GraphEdits(setup.graph, setup.opset, setup.chosen[0].name)
-        a = Analysis(setup.graph, list(work.node), dict(setup.static), setup.old, edits, setup.opset, all_rules(), fallback, setup.ctx.log, setup.types, choices)
-        for vi in setup.chosen:
-            a.set_flags(vi.name, (plain(1), *([None] * (len(vi.type.tensor_type.shape.dim) - 1))))
+        plan = setup.plan
+        edits = GraphEdits(setup.graph, setup.opset, plan.lead, batch_axis=plan.lead_axis)
+        a = Analysis(setup.graph, list(work.node), dict(setup.static), plan.old, edits, setup.opset, all_rules(), fallback, setup.ctx.log, setup.types, choices)
+        a.seeds = dict(plan.seeds)
+        a.input_names = {vi.name for vi in setup.graph.input} - {t.name for t in setup.graph.initializer}
+        for vi in setup.graph.input:
+            seed = plan.seeds.get(vi.name)
+            if seed is not None and seed.axis is not None:
+                a.set_flags(vi.name, [plain(1) if i == seed.axis else None for i in range(len(dims_of(vi)))])
         nodes: list[onnx.NodeProto] = []
-        for i, node in enumerate(list(work.node)):
+        for node in list(work.node):
             a.pending = []
-            a.position = i
             a.visit(node)
             nodes.extend(a.pending)
             nodes.append(node)
-        a.position = len(work.node)
-        tail, out_axes, unbatched = self._outputs(a, nodes)
-        return _Attempt(a, nodes, tail, out_axes, unbatched, min(a.refused_at, default=len(work.node) + 1))
+        a.position = a.steps
+        tail, out_axes, unbatched = outputs(a, nodes, self.options.name)
+        return _Attempt(a, nodes, tail, out_axes, unbatched, min(a.refused_at, default=a.steps + 1), dict(plan.seeds))
 
-    def _outputs(self, a: Analysis, nodes: list[onnx.NodeProto]) -> tuple[list[onnx.NodeProto], dict[str, tuple[int, str]], list[str]]:
-        """Every graph output gets its batch dim; outputs made from constants of the old batch are broadcast to it."""
-        tail: list[onnx.NodeProto] = []
-        axes: dict[str, tuple[int, str]] = {}
-        unbatched: list[str] = []
-        for out in a.graph.output:
-            name = out.name
-            if name in a.poisoned:
-                continue
-            try:
-                flags = a.flags_of(name)
-                batched = [(i, f) for i, f in enumerate(flags) if f is not None]
-                if len(batched) > 1:
-                    raise Refuse(f"it carries the batch in dims {[i for i, _ in batched]}")
-                if batched:
-                    i, f = batched[0]
-                    if f.k is None:
-                        raise Refuse(f"it holds the batch as {fmt_flag(f)}: batch-N samples would come out in another order than N batch-1 runs")
-                    axes[name] = (i, self.options.name if f.k == 1 else f"{self.options.name}*{f.k}")
-                    continue
-                dims = a.static.get(name)
-                if not dims or dims[0] != a.B:
-                    unbatched.append(name)
-                    continue
-                tail.extend(self._batch_output(a, nodes, name, len(dims)))
-                axes[name] = (0, self.options.name)
-            except Refuse as exc:
-                a.refusals.append(f"graph output '{name}': {exc}")
-                a.refused_at.append(a.position)
-        return tail, axes, unbatched
-
-    def _batch_output(self, a: Analysis, nodes: list[onnx.NodeProto], name: str, rank: int) -> list[onnx.NodeProto]:
-        prod = a.producer.get(name)
-        if prod is None:
-            raise Refuse("it is an input or a constant of the old batch, not computed from the inputs")
-        if a.uses[name] == 0 and a.rewrite_origin(prod, name, 0, 1):
-            return []
-        if a.B != 1:
-            raise Refuse(f"it holds {a.B} rows that do not come from the batch")
-        inner = a.edits.unique(f"{name}/unbatched")
-        prod.output[list(prod.output).index(name)] = inner
-        for n in nodes:
-            for i, x in enumerate(n.input):
-                if x == name:
-                    n.input[i] = inner
-        node = a.edits.broadcast_to_batch(inner, rank, 0, 1, 1)
-        node.output[0] = name
-        a.rewritten.append(Rewrite("graph output", name, "broadcast from a batch-1 constant to the run-time batch"))
-        return [node]
-
-    def _update_interface(self, model: onnx.ModelProto, chosen: list[onnx.ValueInfoProto], out_axes: dict[str, tuple[int, str]], a: Analysis) -> None:
-        g = model.graph
-        for vi in chosen:
-            _set_dim(vi, 0, self.options.name)
-        for out in g.output:
-            if out.name in out_axes and out.type.tensor_type.HasField("shape"):
-                axis, param = out_axes[out.name]
-                if axis < len(out.type.tensor_type.shape.dim):
-                    _set_dim(out, axis, param)
-        produced = {x for n in g.node for x in n.output}
-        stale = [vi for vi in g.value_info if vi.name not in produced or a.batched(vi.name)]
-        for vi in stale:
-            g.value_info.remove(vi)
-
-    def _self_check(self, original: onnx.ModelProto, model: onnx.ModelProto, ctx: PassContext, old: int = 1) -> str:
+    def _self_check(self, original: onnx.ModelProto, model: onnx.ModelProto, ctx: PassContext, old: int = 1, axes: dict[str, int | None] | None = None) -> str:
         n = self.options.verify_batch
-        check = check_batch_stacking(original, model, batch_sizes=(n * old,), seed=ctx.seed)
+        check = check_batch_stacking(original, model, batch_sizes=(n * old,), seed=ctx.seed, axes=axes)
         if not check:
             failures = check.failures()
-            if failures and "cannot load the original model" in failures[0]:
-                raise BatchDependenceError(f"cannot self-check the result: {failures[0].split(': ', 1)[1]}; set verify=false to convert without the check")
+            if failures and ("cannot load the original model" in failures[0] or "the original model failed on" in failures[0]):
+                raise BatchDependenceError(f"cannot self-check the result: {failures[0].split(': ', 1)[1]} (seeded sample data); set verify=false to convert without the check")
             raise BatchDependenceError(
                 f"self-check failed: at batch {n * old} the rewritten model differs from {n} stacked batch-{old} runs ({'; '.join(check.failures()[:3])}); "
                 "the model is left unconverted (verify=false skips this check)"

@@ -4,7 +4,9 @@ ONNX shape inference with data propagation runs on a skeleton of the model:
 large weights become graph inputs of the same type and shape, so inference
 neither copies nor reads them (models past 2 GB included). Tensors ONNX leaves
 without a full shape are filled in by ONNX Runtime's symbolic shape inference,
-and what is still unknown by running the model once (see :func:`static_info`).
+and what is still unknown by running the model once (see :func:`static_info`). Inside If
+branches, where ONNX inference keeps no data, the analysis fills shapes node by node as it
+walks them (:func:`infer_node`), with the integer values it tracks as data.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import logging
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from converter.errors import describe_exception
+from converter.graph_info import iter_graphs
 
 Dims = tuple[int | None, ...]
 
@@ -52,13 +55,13 @@ def _dims(vi: onnx.ValueInfoProto) -> Dims | None:
 
 
 def _collect(model: onnx.ModelProto, shapes: dict[str, Dims], types: dict[str, int]) -> None:
-    g = model.graph
-    for vi in [*g.input, *g.value_info, *g.output]:
-        d = _dims(vi)
-        if d is not None and (vi.name not in shapes or None in shapes[vi.name]):
-            shapes[vi.name] = d
-        if vi.type.tensor_type.elem_type:
-            types.setdefault(vi.name, vi.type.tensor_type.elem_type)
+    for g in iter_graphs(model.graph):  # subgraphs (If branches) too: names are unique model-wide
+        for vi in [*g.input, *g.value_info, *g.output]:
+            d = _dims(vi)
+            if d is not None and (vi.name not in shapes or None in shapes[vi.name]):
+                shapes[vi.name] = d
+            if vi.type.tensor_type.elem_type:
+                types.setdefault(vi.name, vi.type.tensor_type.elem_type)
 
 
 def _symbolic_fill(skel: onnx.ModelProto, shapes: dict[str, Dims], types: dict[str, int]) -> None:
@@ -101,6 +104,42 @@ def _observed_fill(model: onnx.ModelProto, missing: list[str], shapes: dict[str,
 
 def _missing(model: onnx.ModelProto, shapes: dict[str, Dims]) -> list[str]:
     return [o for n in model.graph.node for o in n.output if o and (o not in shapes or None in shapes[o])]
+
+
+_NO_NODE_INFERENCE = {"If", "Loop", "Scan"}
+
+
+def infer_node(node: onnx.NodeProto, shapes: dict[str, Dims], types: dict[str, int], data: dict[str, np.ndarray], opset: int) -> None:
+    """Fill unknown output shapes of one node from its inputs' shapes and known integer values (``data``)."""
+    outs = [o for o in node.output if o]
+    if not outs or node.domain not in ("", "ai.onnx") or node.op_type in _NO_NODE_INFERENCE:
+        return
+    if all(o in shapes and None not in shapes[o] for o in outs):
+        return
+    input_types = {}
+    for x in node.input:
+        if x and x not in input_types:
+            if x not in types:
+                return
+            dims = shapes.get(x)
+            input_types[x] = helper.make_tensor_type_proto(types[x], None if dims is None else list(dims))
+    input_data = {}
+    for x, arr in data.items():
+        try:
+            input_data[x] = numpy_helper.from_array(arr.astype(helper.tensor_dtype_to_np_dtype(types[x])), x)
+        except (KeyError, TypeError, ValueError):
+            continue
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset, "")
+        inferred = onnx.shape_inference.infer_node_outputs(schema, node, input_types, input_data, opset_imports=[helper.make_opsetid("", opset)])
+    except Exception:  # a missing schema or an inference error: the shape stays unknown (rules refuse where needed)
+        return
+    for name, tp in inferred.items():
+        t = tp.tensor_type
+        if tp.HasField("tensor_type") and t.HasField("shape") and (name not in shapes or None in shapes[name]):
+            shapes[name] = tuple(int(d.dim_value) if d.HasField("dim_value") else None for d in t.shape.dim)
+        if tp.HasField("tensor_type") and t.elem_type:
+            types.setdefault(name, t.elem_type)
 
 
 def static_info(model: onnx.ModelProto) -> tuple[dict[str, Dims], dict[str, int]]:

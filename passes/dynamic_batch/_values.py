@@ -289,7 +289,15 @@ def _identity(node: onnx.NodeProto, vals: list[Value | None], _: ShapeLookup) ->
 
 
 def _cast(node: onnx.NodeProto, vals: list[Value | None], _: ShapeLookup) -> list[Value | None]:
-    return [vals[0] if int(_attr(node, "to", 0)) in _INT_TYPES else None]
+    to, v = int(_attr(node, "to", 0)), vals[0]
+    if to == onnx.TensorProto.BOOL and v is not None:
+        return [from_ints(to_ints(v) != 0) if is_static(v) else None]
+    return [v if to in _INT_TYPES else None]
+
+
+def _transpose(node: onnx.NodeProto, vals: list[Value | None], _: ShapeLookup) -> list[Value | None]:
+    perm = _attr(node, "perm")
+    return [None if vals[0] is None else np.transpose(vals[0], None if perm is None else list(perm))]
 
 
 def _equal(a: Lin, b: Lin) -> bool:
@@ -346,6 +354,8 @@ EVALUATORS: dict[str, Evaluator] = {
     "Reshape": _reshape,
     "Identity": _identity,
     "Cast": _cast,
+    "Transpose": _transpose,
+    "Not": _static_numpy(lambda n, x: np.logical_not(x)),
     "Add": _binary(lambda a, b: lin(a) + lin(b)),
     "Sub": _binary(lambda a, b: lin(a) - lin(b)),
     "Mul": _binary(lambda a, b: lin(a) * lin(b)),

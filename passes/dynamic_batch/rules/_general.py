@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import onnx
 
-from converter.passes.dynamic_batch._analysis import Analysis, Flag, Refuse, Rule, attr, fmt_flag, norm_axis
+from converter.passes.dynamic_batch._analysis import Analysis, Refuse, Rule
+from converter.passes.dynamic_batch._flags import Flag, attr, fmt_flag, norm_axis
+from converter.passes.dynamic_batch._trace import shared_with_batch
+from converter.passes.dynamic_batch.rules._control import CONTROL_RULES
 from converter.passes.dynamic_batch.rules._shape import SHAPE_RULES
 
 
@@ -41,6 +44,7 @@ def _broadcast(node: onnx.NodeProto, a: Analysis, indices: list[int], drop_tail:
             full = len(a.flags_of(node.input[i]))
             p = full - drop_tail + pos
             if a.static_dims(node.input[i])[p] == 1:
+                shared_with_batch(a, node.input[i], p)  # an input's batch dim of size 1 stops the walk here
                 continue  # broadcast of one value to every sample
             a.require(node, i, p, f)
         out.append(f)
@@ -232,6 +236,8 @@ def gemm(node: onnx.NodeProto, a: Analysis) -> None:
                 out[pos] = f
             elif o is not None and cdims[pos] != 1:
                 a.require(node, 2, len(fc) + pos, o)
+            elif o is not None:
+                shared_with_batch(a, node.input[2], len(fc) + pos)
     a.set_flags(node.output[0], out)
 
 
@@ -300,10 +306,6 @@ def refuse_batched(node: onnx.NodeProto, a: Analysis) -> None:
     raise Refuse(REFUSED[node.op_type])
 
 
-def subgraph_op(node: onnx.NodeProto, a: Analysis) -> None:
-    raise Refuse("control flow (If/Loop/Scan) over batch data is not followed by this pass")
-
-
 def fallback(node: onnx.NodeProto, a: Analysis) -> None:
     """An op this pass has no rule for: accepted only as a per-sample op with the batch at dim 0."""
     _uses_batch_size_as_value(node, a)
@@ -357,7 +359,7 @@ def all_rules() -> dict[str, Rule]:
     rules.update({op: refuse_batched for op in REFUSED})
     rules.update({op: reduce for op in REDUCE})
     rules.update({op: softmax_like for op in ("Softmax", "LogSoftmax", "Hardmax", "LayerNormalization", "RMSNormalization")})
-    rules.update({op: subgraph_op for op in ("If", "Loop", "Scan")})
+    rules.update(CONTROL_RULES)
     rules.update({op: recurrent for op in ("LSTM", "GRU", "RNN")})
     rules.update({op: matmul for op in ("MatMul", "MatMulInteger", "QLinearMatMul")})
     rules.update({"QuantizeLinear": quantize_linear, "DequantizeLinear": quantize_linear})

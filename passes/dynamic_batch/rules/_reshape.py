@@ -12,7 +12,8 @@ import math
 
 import onnx
 
-from converter.passes.dynamic_batch._analysis import Analysis, BDim, Flag, Refuse, attr, fmt_flag, norm_axis, set_attr
+from converter.passes.dynamic_batch._analysis import Analysis, Refuse
+from converter.passes.dynamic_batch._flags import BDim, Flag, attr, fmt_flag, norm_axis, set_attr
 from converter.passes.dynamic_batch._values import Lin, NotLinear, as_list
 
 

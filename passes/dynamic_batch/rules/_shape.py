@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import onnx
 
-from converter.passes.dynamic_batch._analysis import Analysis, BDim, Flag, Refuse, attr, fmt_flag, norm_axis, plain, set_attr
+from converter.passes.dynamic_batch._analysis import Analysis, Refuse
+from converter.passes.dynamic_batch._flags import BDim, Flag, attr, fmt_flag, norm_axis, plain, set_attr
 from converter.passes.dynamic_batch._values import Lin, as_list
 from converter.passes.dynamic_batch.rules._reshape import RESHAPE_RULES, shape_text
 
