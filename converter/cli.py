@@ -81,7 +81,7 @@ def _configure_logging(args: argparse.Namespace) -> None:
         logger.addHandler(handler)
         logger.setLevel(lvl)
 
-    ort.set_default_logger_severity(0 if level <= logging.DEBUG else 2 if level <= logging.INFO else 3)
+    ort.set_default_logger_severity(0 if level <= logging.DEBUG else 2 if level <= logging.INFO else 4)
 
 
 def _run(argv: list[str]) -> int:

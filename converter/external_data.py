@@ -138,6 +138,8 @@ def _info(model: Path, ref: ExternalRef) -> _Info:
 def _resolve(model: Path, ref: ExternalRef, info: _Info, root: str) -> tuple[Path, str]:
     """(the path as written beside the model, its real path), after checking it stays inside ``root``."""
     loc = info.location
+    if not isinstance(loc, str):  # protobuf hands back bytes that are not valid UTF-8
+        raise _fail(model, ref, repr(loc), "is not valid UTF-8")
     if "\x00" in loc:
         raise _fail(model, ref, loc, "contains a NUL byte")
     if os.path.isabs(loc) or loc.startswith(("/", "\\")) or (len(loc) > 1 and loc[0].isalpha() and loc[1] == ":"):

@@ -22,6 +22,7 @@ from onnx import external_data_helper
 
 from converter.errors import ModelError, UsageError, describe_exception
 from converter.external_data import check_external_data, load_remaining_external_data
+from converter.model_checks import validate_model
 
 # Protobuf cannot serialize a single message of 2 GiB or more.
 PROTOBUF_LIMIT = 2**31 - 1
@@ -83,6 +84,7 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
             raise ModelError(f"cannot read external data of {p}: {describe_exception(exc)}") from exc
         # ONNX's loader skips sparse tensors; ONNX Runtime would resolve them against the CWD
         load_remaining_external_data(proto, p)
+    validate_model(proto, str(p))
     return LoadedModel(proto=proto, path=p, sha256=sha256_of_files([p, *files]), external_data_files=files)
 
 

@@ -11,7 +11,7 @@ import onnxruntime as ort
 from converter.onnx_calls import model_source
 
 
-def session_options(threads: int = 0, opt_level: str = "all", log_severity: int = 3) -> ort.SessionOptions:
+def session_options(threads: int = 0, opt_level: str = "all", log_severity: int = 4) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.log_severity_level = log_severity

@@ -14,6 +14,9 @@ def symbolic_infer(model: onnx.ModelProto, auto_merge: bool) -> onnx.ModelProto:
     On incomplete inference ORT saves ``sym_shape_infer_temp.onnx`` into the current folder
     before raising: it runs inside a temporary folder so the user's folder stays clean.
     """
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 7:  # ORT would log "Only support models of onnx opset 7 and above." on stderr and return None
+        raise RuntimeError("symbolic shape inference needs opset 7 or later")
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     with tempfile.TemporaryDirectory(prefix="converter-symbolic-") as tmp, contextlib.chdir(tmp):

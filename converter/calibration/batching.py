@@ -2,60 +2,80 @@
 
 Sources yield feed dicts of any size; :func:`rebatch` cuts and joins them into
 batches of ``size`` samples (the last one smaller, or dropped when the model
-needs exactly ``size``), holding at most one batch plus one incoming item.
+needs exactly ``size``), holding at most one batch plus one incoming item. Each
+input is cut and joined along its own sample axis (``source.axes``: a recurrent
+state on axis 1 stays ``[layers, batch, hidden]``); inputs without one (scalars)
+are passed unchanged. A source ``as_yielded`` (``module:function``) is passed
+through item by item: each dict is one run, never cut or joined.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-import numpy as np
-
+from converter.calibration.axes import Axes, axis_of, count_of, join, take
 from converter.calibration.sources import CalibSource, Feeds
 
 
-def _take(pending: list[Feeds], n: int) -> Feeds:
+def samples_in(feeds: Feeds, source: CalibSource) -> int:
+    """How many samples one feed dict of ``source`` holds (along its inputs' sample axes)."""
+    return count_of(feeds, source.axes)
+
+
+def _cut(feeds: Feeds, axes: Axes, start: int, stop: int | None) -> Feeds:
+    return {k: take(v, axis_of(axes, k), start, stop) for k, v in feeds.items()}  # type: ignore[arg-type]
+
+
+def _take(pending: list[Feeds], n: int, axes: Axes) -> Feeds:
     """Join the first ``n`` samples of ``pending`` (consumed in place)."""
     parts: list[Feeds] = []
     need = n
     while need > 0:
         head = pending[0]
-        count = len(next(iter(head.values())))
+        count = count_of(head, axes)
         if count <= need:
             parts.append(pending.pop(0))
             need -= count
         else:
-            parts.append({k: v[:need] for k, v in head.items()})
-            pending[0] = {k: v[need:] for k, v in head.items()}
+            parts.append(_cut(head, axes, 0, need))
+            pending[0] = _cut(head, axes, need, None)
             need = 0
-    if len(parts) == 1:
-        return {k: np.ascontiguousarray(v) for k, v in parts[0].items()}
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return join(parts, axes)
 
 
 def rebatch(source: CalibSource, size: int, limit: int | None = None, exact: bool = False) -> Iterator[Feeds]:
     """Batches of ``size`` samples from ``source``, at most ``limit`` samples in all.
 
     With ``exact`` (a model whose batch dim is static), a last partial batch is dropped.
+    A source ``as_yielded`` gives its items as they are, until ``limit`` samples were given.
     """
     if size < 1:
         raise ValueError("batch size must be >= 1")
+    axes = source.axes
+    if source.as_yielded:
+        given = 0
+        for item in source.batches(size):
+            if limit is not None and given >= limit:
+                break
+            given += count_of(item, axes)
+            yield item
+        return
     pending: list[Feeds] = []
     held = taken = 0
     for item in source.batches(size):
         if limit is not None and taken >= limit:
             break
-        n = len(next(iter(item.values()))) if item else 0
+        n = count_of(item, axes) if item else 0
         if limit is not None and n > limit - taken:
             n = limit - taken
-            item = {k: v[:n] for k, v in item.items()}
+            item = _cut(item, axes, 0, n)
         if n == 0:
             continue
         pending.append(item)
         held += n
         taken += n
         while held >= size:
-            yield _take(pending, size)
+            yield _take(pending, size, axes)
             held -= size
     if held and not exact:
-        yield _take(pending, held)
+        yield _take(pending, held, axes)

@@ -104,7 +104,8 @@ def entropy_divergences(hist: np.ndarray, candidates: np.ndarray, levels: int = 
     with np.errstate(divide="ignore", invalid="ignore"):
         p_log_q = per_level.sum(axis=1) + np.where(outliers > 0, outliers * np.log(q_last), 0.0)
     p_log_p = hl[i1 - 1] + _xlogx(last + outliers)
-    kl = (p_log_p - p_log_q) / total + np.log(c[i1] / total)
+    with np.errstate(divide="ignore", invalid="ignore"):  # empty candidates give -inf/NaN, ranked last below
+        kl = (p_log_p - p_log_q) / total + np.log(c[i1] / total)
     kl[(outliers > 0) & (last == 0)] = np.inf
     return kl
 

@@ -20,10 +20,10 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from converter.calibration.batching import rebatch
+from converter.calibration.batching import rebatch, samples_in
 from converter.calibration.sources import CalibSource, Feeds
 from converter.calibration.stats import DEFAULT_BINS, NaNFound, TensorStats
-from converter.errors import PassRefused, UsageError
+from converter.errors import PassRefused, UsageError, describe_exception
 from converter.ort_session import make_session, run_session
 
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
@@ -142,11 +142,14 @@ class Collector:
         total = source.sample_count()
         total = min(total, limit) if total is not None and limit is not None else (total if total is not None else limit)
         for index, chunk in enumerate(self.chunks):
-            session = make_session(calibration_model(self.model, chunk, self.infos)) if chunk else None
+            try:
+                session = make_session(calibration_model(self.model, chunk, self.infos)) if chunk else None
+            except Exception as exc:  # the model (not the data): ONNX Runtime cannot build it
+                raise PassRefused(f"calibration: ONNX Runtime cannot run the model: {describe_exception(exc)}") from exc
             samples = batches = 0
             next_report = 0.0
             for feeds in rebatch(source, self.batch_size, limit, self.exact_batch):
-                count = len(next(iter(feeds.values())))
+                count = samples_in(feeds, source)
                 if index == 0:
                     _check_finite(feeds, samples, source.description)
                 try:
@@ -173,5 +176,9 @@ class Collector:
             for name in self.from_feeds:
                 self.stats[name].update(feeds[name])
         if session is not None:
-            for name, value in run_session(session, feeds).items():  # type: ignore[arg-type]
+            try:
+                outputs = run_session(session, feeds)  # type: ignore[arg-type]
+            except Exception as exc:
+                raise PassRefused(f"calibration: ONNX Runtime failed on the calibration data: {describe_exception(exc)}") from exc
+            for name, value in outputs.items():
                 self.stats[name].update(np.asarray(value))

@@ -1,10 +1,13 @@
 """The calibration-data source contract, and checking a source against the model before any work.
 
-A source yields feed dicts whose arrays have the samples along axis 0 (the batch
-axis of the model's inputs), any number of samples per dict. ``declared()``
-gives each input's dtype and per-sample shape where the source knows them
-without reading the data (array headers, an image spec with a crop); otherwise
-the first item is read and checked before calibration starts.
+A source yields feed dicts whose arrays hold the samples along each input's own
+sample axis (``axes``: axis 0 unless the model or the user says otherwise, e.g. a
+recurrent state on axis 1; none for scalars, given once and fed to every run),
+any number of samples per dict. ``declared()`` gives each input's dtype and
+per-sample shape where the source knows them without reading the data (array
+headers, an image spec with a crop); otherwise the first item is read and
+checked before calibration starts. A source ``as_yielded`` (``module:function``)
+is run dict by dict, exactly as yielded.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from converter.backend_api import TensorSpec
+from converter.calibration.axes import Axes, axis_of, axis_text, without_axis
 from converter.errors import UsageError
 
 Feeds = dict[str, np.ndarray]
@@ -24,7 +28,7 @@ Feeds = dict[str, np.ndarray]
 
 @dataclass(frozen=True)
 class Declared:
-    """What a source says about one input: dtype and the shape of one sample (no batch axis)."""
+    """What a source says about one input: dtype and the shape of one sample (its sample axis left out; all of it when it has none)."""
 
     dtype: np.dtype
     sample_shape: tuple[int, ...]
@@ -34,12 +38,16 @@ class CalibSource(ABC):
     """Calibration samples; iterable several times (the collector may run in several chunks)."""
 
     description: str = "calibration data"
+    axes: Axes = {}
+    """Each input's sample axis (missing: axis 0; None: no sample axis, one array fed to every run)."""
+    as_yielded: bool = False
+    """Each item is one run, fed as it is (no cutting or joining)."""
     read_first: bool = False
     """Validation also reads the first item (image decoding and cropping can fail where headers cannot)."""
 
     @abstractmethod
     def batches(self, size: int) -> Iterator[Feeds]:
-        """Feed dicts of at most ``size`` samples each (axis 0 = samples)."""
+        """Feed dicts of at most ``size`` samples each (along each input's sample axis)."""
 
     def sample_count(self) -> int | None:
         """Samples available, when known without reading them."""
@@ -74,8 +82,9 @@ def _dims_text(shape: Sequence[object]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
-def check_declared(declared: Mapping[str, Declared], specs: Sequence[TensorSpec], where: str) -> None:
-    """Names, dtypes and the static non-batch dims must match the model's inputs; one-line errors."""
+def check_declared(declared: Mapping[str, Declared], specs: Sequence[TensorSpec], where: str, axes: Axes | None = None) -> None:
+    """Names, dtypes and the static dims other than each input's sample axis must match the model's inputs; one-line errors."""
+    axes = axes or {}
     wanted = {s.name: s for s in specs}
     missing = [n for n in wanted if n not in declared]
     extra = [n for n in declared if n not in wanted]
@@ -84,26 +93,34 @@ def check_declared(declared: Mapping[str, Declared], specs: Sequence[TensorSpec]
         raise UsageError(f"{where}: {'; '.join(parts)} (model inputs: {', '.join(wanted)})")
     for name, spec in wanted.items():
         got = declared[name]
+        axis = axis_of(axes, name)
         if spec.dtype != "unknown" and got.dtype != np.dtype(spec.dtype):
             raise UsageError(f"{where}: input '{name}' has dtype {got.dtype}, the model wants {spec.dtype}")
-        want = spec.shape[1:] if spec.shape else ()
-        if spec.shape and len(want) != len(got.sample_shape):
+        if axis is not None and spec.shape and axis >= len(spec.shape):
+            raise UsageError(f"{where}: input '{name}' has {len(spec.shape)} dims (model shape {_dims_text(spec.shape)}), so it has no sample axis {axis}")
+        want = without_axis(spec.shape, axis) if spec.shape else ()
+        if (spec.shape or axis is None) and len(want) != len(got.sample_shape):
             raise UsageError(
                 f"{where}: input '{name}' has samples of shape {list(got.sample_shape)}, the model wants {_dims_text(want)} per sample "
-                f"(model shape {_dims_text(spec.shape)}; axis 0 of the data is the samples)"
+                f"(model shape {_dims_text(spec.shape)}; {axis_text(axis)})"
             )
-        for axis, (w, g) in enumerate(zip(want, got.sample_shape), start=1):
+        dims = [i for i in range(len(spec.shape or ())) if i != axis]
+        for d, w, g in zip(dims, want, got.sample_shape):
             if isinstance(w, int) and w > 0 and w != g:
-                raise UsageError(f"{where}: input '{name}' dim {axis} is {g}, the model wants {w} (model shape {_dims_text(spec.shape)})")
+                raise UsageError(f"{where}: input '{name}' dim {d} is {g}, the model wants {w} (model shape {_dims_text(spec.shape)}; {axis_text(axis)})")
 
 
-def declared_of(feeds: Mapping[str, np.ndarray], where: str) -> dict[str, Declared]:
+def declared_of(feeds: Mapping[str, np.ndarray], where: str, axes: Axes | None = None) -> dict[str, Declared]:
+    axes = axes or {}
     out = {}
     for name, arr in feeds.items():
         a = np.asarray(arr)
-        if a.ndim == 0:
-            raise UsageError(f"{where}: input '{name}' is a scalar; axis 0 must hold the samples")
-        out[name] = Declared(a.dtype, tuple(a.shape[1:]))
+        axis = axis_of(axes, name)
+        if axis is not None and a.ndim <= axis:
+            if a.ndim == 0:
+                raise UsageError(f"{where}: input '{name}' is a scalar; axis {axis} must hold the samples (or declare {name}:none)")
+            raise UsageError(f"{where}: input '{name}' has shape {list(a.shape)}, no axis {axis} to hold the samples")
+        out[name] = Declared(a.dtype, without_axis(a.shape, axis))
     return out
 
 
@@ -112,12 +129,12 @@ def validate(source: CalibSource, specs: Sequence[TensorSpec]) -> None:
     where = f"--calib-data {source.description}"
     declared = source.declared()
     if declared is not None:
-        check_declared(declared, specs, where)
+        check_declared(declared, specs, where, source.axes)
     if declared is None or source.read_first:
         first = next(iter(source.batches(1)), None)
         if first is None:
             raise UsageError(f"{where}: it yields no samples")
-        check_declared(declared_of(first, where), specs, where)
+        check_declared(declared_of(first, where, source.axes), specs, where, source.axes)
     count = source.sample_count()
     if count == 0:
         raise UsageError(f"{where}: it holds no samples")

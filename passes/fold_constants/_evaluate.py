@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -18,7 +16,9 @@ from converter.passes.fold_constants._constants import (
     delete_at,
     is_constant_node,
 )
-from converter.passes.fold_constants._plan import Plan, TensorType
+from converter.passes.fold_constants._graph import drop_dead
+from converter.passes.fold_constants._plan import Plan, opset_of
+from converter.passes.fold_constants._shapes import TensorType
 
 
 def _eval_model(model: onnx.ModelProto, plan: Plan) -> tuple[onnx.ModelProto, list[str]]:
@@ -88,7 +88,16 @@ def rejected_values(model: onnx.ModelProto, plan: Plan, values: dict[str, np.nda
             bad[idx] = f"output '{name}' is {value.nbytes / MIB:.1f} MiB > size_limit_mib={limit / MIB:g}"
         elif _dtype_mismatch(value, types.get(name)):
             bad[idx] = f"output '{name}' evaluated to {value.dtype}, its declared type differs"
+        elif _shape_mismatch(value, types.get(name)):
+            bad[idx] = f"output '{name}' evaluated to shape {list(value.shape)}, its inferred shape differs"
     return bad
+
+
+def _shape_mismatch(value: np.ndarray, t: TensorType | None) -> bool:
+    """A value whose rank or a static dim differs from what inference says the node produces."""
+    if t is None or t.sym is None:
+        return False
+    return len(t.sym) != value.ndim or any(isinstance(d, int) and d != s for d, s in zip(t.sym, value.shape, strict=True))
 
 
 def _dtype_mismatch(value: np.ndarray, t: TensorType | None) -> bool:
@@ -142,18 +151,5 @@ def apply_plan(model: onnx.ModelProto, plan: Plan, values: dict[str, np.ndarray]
         g.node.insert(i, node)
     if plan.boundary:
         bump_ir_for_initializers(model)
-    _drop_unused(g, consumed)
+    drop_dead(g, consumed, opset_of(model))
     return nbytes
-
-
-def _drop_unused(graph: onnx.GraphProto, candidates: Iterable[str]) -> None:
-    """Remove Constant nodes, initializers (not graph inputs) and value_info left unread among ``candidates``."""
-    used = {o.name for o in graph.output}
-    for node in graph.node:
-        used.update(node_inputs(node))
-    declared = {i.name for i in graph.input}
-    dead = set(candidates) - used
-    delete_at(graph.node, [i for i, n in enumerate(graph.node) if is_constant_node(n) and n.output[0] in dead])
-    delete_at(graph.initializer, [i for i, t in enumerate(graph.initializer) if t.name in dead and t.name not in declared])
-    defined = {t.name for t in graph.initializer} | declared | {o for n in graph.node for o in n.output}
-    delete_at(graph.value_info, [i for i, v in enumerate(graph.value_info) if v.name not in defined])

@@ -174,11 +174,12 @@ def plan_by_schema(node: onnx.NodeProto, schema, types: dict[str, int], out_of_r
                 (plan.input_want if side == "in" else plan.output_home)[i] = Want.FP32 if side == "in" else FLOAT
     plan.converted = any(side == "out" for names in switch for side, _, _ in names)
     for names in switch:
+        shared = sum(side == "in" for side, _, _ in names) > 1  # Greater(A: T, B: T): both must arrive in one type
         for side, i, n in names:
             if side == "out":
                 plan.output_home[i] = FLOAT16
             elif not plan.converted:
-                plan.input_want[i] = Want.ANY
+                plan.input_want[i] = Want.FP32 if shared else Want.ANY
             elif n in out_of_range:
                 return kept(node, types, f"reads '{n}' whose values reach {out_of_range[n]:.3g}, beyond max_finite_val")
             else:

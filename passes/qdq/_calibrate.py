@@ -5,7 +5,9 @@ hashes); otherwise the data source is opened and checked against the model's
 inputs (before any work), our JSON cache is reused when method, model hash and
 data hash match, and else the model is run over the data. A model with a
 static batch of 1 is calibrated in batches on a copy made dynamic by the
-``dynamic_batch`` pass; where that pass refuses, one sample at a time.
+``dynamic_batch`` pass; where that pass refuses, one sample at a time. The same
+analysis (run once, first) gives each input's sample axis (a recurrent state's
+axis 1; none for scalars, fed unchanged to every run), which ``?axes=`` overrides.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from converter.calibration.cache import (
 )
 from converter.calibration.calibrators import Calibrator
 from converter.calibration.collector import Collector
-from converter.calibration.data import open_source
+from converter.calibration.data import declared_axes, open_source
 from converter.calibration.sources import sha256_text
 from converter.errors import ConverterError, UsageError
 from converter.graph_info import graph_inputs
@@ -73,32 +75,69 @@ def _from_tensorrt_cache(path: str, tensors: list[str], ctx: PassContext) -> Cal
     return Calibrated({t: cache.tensors[t] for t in tensors}, {"cache": "imported tensorrt", "cache_header": cache.header})
 
 
-def _batch_model(model: onnx.ModelProto, batch_size: int, tensors: list[str], ctx: PassContext) -> tuple[onnx.ModelProto, int, bool]:
-    """(model to calibrate on, batch to feed, whether that batch is exact)."""
-    dims = set()
+@dataclass(frozen=True)
+class Layout:
+    """The model to calibrate on, each input's sample axis, the batch to feed and whether it is exact."""
+
+    model: onnx.ModelProto
+    axes: dict[str, int | None]
+    batch: int
+    exact: bool
+
+
+def _fallback_axes(model: onnx.ModelProto, declared: dict[str, int | None]) -> dict[str, int | None]:
+    """Without the analysis: axis 0 for inputs with dims, none for scalars; ``declared`` wins."""
+    return {spec.name: declared.get(spec.name, 0 if spec.shape else None) for spec in graph_inputs(model)}
+
+
+def _static_batch(model: onnx.ModelProto, axes: dict[str, int | None]) -> set[int | None]:
+    """Each batched input's size along its own sample axis (None where symbolic)."""
+    dims: set[int | None] = set()
     for spec in graph_inputs(model):
-        dims.add(spec.shape[0] if spec.shape and isinstance(spec.shape[0], int) and spec.shape[0] > 0 else None)
-    static = {d for d in dims if d is not None}
-    if not static:
-        return model, batch_size, False
-    fixed = max(static)
-    if fixed != 1 or batch_size == 1 or None in dims:
-        return model, fixed, True
+        axis = axes.get(spec.name, 0)
+        if axis is None or axis >= len(spec.shape):
+            continue
+        d = spec.shape[axis]
+        dims.add(d if isinstance(d, int) and d > 0 else None)
+    return dims
+
+
+def _batch_model(model: onnx.ModelProto, batch_size: int, tensors: list[str], declared: dict[str, int | None], ctx: PassContext) -> Layout:
+    """The per-input sample axes (dynamic_batch's analysis, once, on a copy) and the model and batch to calibrate with.
+
+    An already-dynamic model keeps its symbolic dims; a static batch-1 model is calibrated in batches
+    on the copy the pass made dynamic; otherwise (a static batch, or a refusal) with exactly its batch,
+    each input cut along its own axis (a state keeps ``[layers, 1, hidden]``).
+    """
     from converter.passes.dynamic_batch import DynamicBatchOptions, DynamicBatchPass
 
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
+    options = DynamicBatchOptions(verify=False, axes=tuple(f"{n}:{'none' if a is None else a}" for n, a in declared.items()))
     try:
-        result = DynamicBatchPass(DynamicBatchOptions(verify=False)).run(copy, PassContext(log=ctx.log.getChild("dynamic_batch"), seed=ctx.seed))
+        result = DynamicBatchPass(options).run(copy, PassContext(log=ctx.log.getChild("dynamic_batch"), seed=ctx.seed))
     except ConverterError as exc:
-        ctx.log.info("calibrating one sample at a time: dynamic_batch refused this model (%s)", exc)
-        return model, 1, True
+        axes = _fallback_axes(model, declared)
+        static = {d for d in _static_batch(model, axes) if d is not None}
+        fixed = max(static, default=1)
+        what = "one sample at a time" if fixed == 1 else f"in batches of exactly {fixed}"
+        ctx.log.info("calibrating %s: dynamic_batch refused this model (%s)", what, exc)
+        return Layout(model, axes, fixed, True)
+    found = {a.tensor: a.axis for a in result.facts.get("axes", []) if a.role == "input"}
+    axes = {**_fallback_axes(model, declared), **found, **declared}
+    dims = _static_batch(model, axes)
+    static = {d for d in dims if d is not None}
+    if not static:
+        return Layout(model, axes, batch_size, False)
+    fixed = max(static)
+    if fixed != 1 or batch_size == 1 or None in dims or "already_dynamic" in result.facts:
+        return Layout(model, axes, fixed, True)
     produced = {o for n in result.model.graph.node for o in n.output} | {vi.name for vi in result.model.graph.input}
     if not all(t in produced for t in tensors):
         ctx.log.info("calibrating one sample at a time: dynamic_batch renamed tensors to calibrate")
-        return model, 1, True
+        return Layout(model, axes, 1, True)
     ctx.log.info("calibrating in batches of %d on a copy made dynamic by dynamic_batch", batch_size)
-    return result.model, batch_size, False
+    return Layout(result.model, axes, batch_size, False)
 
 
 CACHE = "calibration cache"
@@ -121,7 +160,12 @@ def calibrate(model: onnx.ModelProto, tensors: list[str], settings: CalibSetting
         ctx.side_files.check(path, CACHE, is_our_cache)  # before any work: never the input, the artifact, a folder, or a foreign file
     if path and Path(path).is_file() and not _is_json_cache(path) and is_tensorrt_file(path):
         return _from_tensorrt_cache(path, tensors, ctx)
-    source = open_source(ctx.inputs.get(CALIB_DATA), graph_inputs(model), allow_random=ctx.inputs.get(CALIB_RANDOM), samples=settings.samples, seed=ctx.seed, log=ctx.log)
+    text, specs = ctx.inputs.get(CALIB_DATA), graph_inputs(model)
+    layout = _batch_model(model, settings.batch_size, tensors, declared_axes(text, specs), ctx)
+    source = open_source(
+        text, specs, allow_random=ctx.inputs.get(CALIB_RANDOM), samples=settings.samples, seed=ctx.seed, log=ctx.log,
+        axes=layout.axes, run_specs=graph_inputs(layout.model),
+    )
     label = settings.calibrator.label
     hashes = ("", "")
     if path:
@@ -133,7 +177,7 @@ def calibrate(model: onnx.ModelProto, tensors: list[str], settings: CalibSetting
                 ctx.log.info("reusing calibration cache %s (%s, %d samples)", path, label, cache.samples)
                 return Calibrated({t: cache.tensors[t] for t in tensors}, {"cache": "reused", "samples": cache.samples})
             ctx.log.warning("calibration cache %s not reused: %s; recalibrating", path, reason)
-    calib_model, feed_batch, exact = _batch_model(model, settings.batch_size, tensors, ctx)
+    calib_model, feed_batch, exact = layout.model, layout.batch, layout.exact
     collector = Collector(calib_model, tensors, histogram=settings.calibrator.needs_histogram, batch_size=feed_batch, exact_batch=exact, log=ctx.log)
     collected = collector.run(source, limit=settings.samples)
     if collected.samples == 0:

@@ -57,7 +57,7 @@ def _activation_pair(graph: onnx.GraphProto, names: Names, tensor: str, scale: f
 
 
 def _weight_dq(graph: onnx.GraphProto, names: Names, tensor: str, axis: int | None, model_dir: str | None) -> tuple[onnx.NodeProto, str, dict[str, object]]:
-    q, scale = quantize_weight(read_constant(graph, tensor, model_dir), axis)
+    q, scale = quantize_weight(read_constant(graph, tensor, model_dir), axis, tensor)
     qn = names.fresh(f"{tensor}_int8")
     s = names.fresh(f"{tensor}_scale")
     z = names.fresh(f"{tensor}_zero_point")

@@ -31,6 +31,7 @@ from converter.errors import PassRefused
 from converter.graph_info import iter_graphs, opset_version
 from converter.options import bounded
 from converter.pass_api import Pass, PassContext, PassResult
+from converter.passes.opset import OpsetConversionFailed, upgrade_opset
 from converter.passes.qdq._calibrate import CalibSettings, calibrate
 from converter.passes.qdq._insert import Inserted, insert_qdq
 from converter.passes.qdq._placement import LAYER_OPS, Placement, PlacementRules, node_label, place
@@ -85,18 +86,20 @@ class QdqPass(Pass[QdqOptions]):
         existing = activation_qdq_nodes(model)
         if existing:
             return self._keep_qat(model, existing, ctx)
-        opset = opset_version(model) or 0
-        if opset < MIN_OPSET:
-            raise PassRefused(f"per-channel Q/DQ needs opset >= {MIN_OPSET}, the model has opset {opset}; convert it to a newer opset first")
+        upgraded: dict[str, int] = {}
+        if (opset_version(model) or 0) < MIN_OPSET:
+            model, upgraded = self._upgrade(model, ctx)
         o = self.options
         rules = PlacementRules(o.op_types, o.exclude, o.keep_first_last, o.per_channel)
         placement = place(model.graph, _types(model), constant_specs(model.graph), rules)
         placement.refused.extend(_subgraph_refusals(model))
         if not placement.nodes:
             ctx.log.info("qdq: nothing to quantize (%d candidate nodes refused)", len(placement.refused))
-            return PassResult(model, False, facts={"quantized_nodes": 0}, refused=placement.refused or ["no Conv, ConvTranspose, Gemm, MatMul or residual Add in the graph"])
+            return PassResult(model, bool(upgraded), facts={"quantized_nodes": 0, **({"opset_upgraded": upgraded} if upgraded else {})}, refused=placement.refused or ["no Conv, ConvTranspose, Gemm, MatMul or residual Add in the graph"])
         tensors = placement.activation_tensors()
         facts: dict = {"calibrator": Calibrator(o.calibrator, o.percentile).label}
+        if upgraded:
+            facts["opset_upgraded"] = upgraded
         scales: dict[str, float] = {}
         if tensors:
             settings = CalibSettings(Calibrator(o.calibrator, o.percentile), o.samples, o.batch_size, o.cache)
@@ -105,11 +108,25 @@ class QdqPass(Pass[QdqOptions]):
             scales = self._scales(placement, {t: r.amax for t, r in calibrated.ranges.items()})
             facts["ranges"] = {t: {"amax": r.amax, "min": r.min, "max": r.max} for t, r in calibrated.ranges.items()}
         if not placement.nodes:
-            return PassResult(model, False, facts=facts, refused=placement.refused)
+            return PassResult(model, bool(upgraded), facts=facts, refused=placement.refused)
         inserted = insert_qdq(model.graph, placement.nodes, scales, ctx.model_dir)
         facts.update(self._facts(placement, inserted))
         ctx.log.info("qdq: %d nodes quantized, %d activations, %d weights; %d candidates left float", len(placement.nodes), len(scales), len(inserted.weights), len(placement.refused))
         return PassResult(model, True, facts=facts, refused=placement.refused)
+
+    @staticmethod
+    def _upgrade(model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, dict[str, int]]:
+        """Per-channel Q/DQ needs opset >= 13: the model converted there first (the opset pass's conversion)."""
+        opset = opset_version(model) or 0
+        if opset == 0:
+            raise PassRefused(f"per-channel Q/DQ needs opset >= {MIN_OPSET}, the model imports no default-domain opset")
+        try:
+            converted, change = upgrade_opset(model, MIN_OPSET)
+        except OpsetConversionFailed as exc:
+            raise PassRefused(f"per-channel Q/DQ needs opset >= {MIN_OPSET}, the model has opset {opset} and converting it failed: {exc.details()}; "
+                              f"replace those nodes in the export or run -p opset{{target={MIN_OPSET}}},qdq once they convert") from exc
+        ctx.log.info("qdq: the model has opset %d; converted to opset %d first (per-channel Q/DQ needs %d)", change.from_opset, change.to_opset, MIN_OPSET)
+        return converted, change.summary()
 
     @staticmethod
     def _scales(placement: Placement, amax: dict[str, float]) -> dict[str, float]:

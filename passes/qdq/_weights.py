@@ -13,6 +13,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from converter.errors import PassRefused
+
 INT8_MAX = 127
 
 
@@ -62,9 +64,11 @@ def read_constant(graph: onnx.GraphProto, name: str, model_dir: str | None = Non
     return value
 
 
-def quantize_weight(w: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
+def quantize_weight(w: np.ndarray, axis: int | None, name: str = "") -> tuple[np.ndarray, np.ndarray]:
     """Symmetric int8 of ``w``: (int8 values in [-127, 127], float32 scales: one per channel of ``axis``, or a scalar)."""
     w = np.asarray(w, dtype=np.float32)
+    if w.size and not np.isfinite(w).all():
+        raise PassRefused(f"weight '{name}' holds NaN or inf; fix the model or keep its reader in float (qdq{{exclude=[...]}})")
     if axis is None:
         amax = np.array(np.max(np.abs(w)) if w.size else 0.0, dtype=np.float32)
         expand = amax

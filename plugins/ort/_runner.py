@@ -31,7 +31,7 @@ class OrtRunner(Runner):
     def __init__(self, path: Path, providers: Sequence[str] = ("CPUExecutionProvider",), threads: int = 0, provider_options: Sequence[dict[str, str]] | None = None) -> None:
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
-        so.log_severity_level = 3
+        so.log_severity_level = 4  # errors are raised (and reported in one line), not logged
         try:
             self.session = ort.InferenceSession(str(path), sess_options=so, providers=list(providers), provider_options=list(provider_options) if provider_options else None)
         except Exception as exc:
