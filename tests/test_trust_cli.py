@@ -167,3 +167,24 @@ def test_manifest_that_does_not_match_its_artifact_is_refused(cli: Cli, tiny_pat
     onnx.save_model(model, str(out))
     res = cli("golden", "check", out, golden)
     assert res.returncode == 2 and "does not match" in _one_line_error(res)
+
+
+def test_golden_case_folders_get_normal_permissions(cli: Cli, tiny_path: Path, tmp_path: Path) -> None:
+    case = tmp_path / "case"
+    assert cli("golden", "record", tiny_path, "--random-inputs", "--input-shapes", "x:2x4", "-o", case).returncode == 0
+    mask = os.umask(0)
+    os.umask(mask)
+    assert case.stat().st_mode & 0o777 == 0o777 & ~mask, oct(case.stat().st_mode)
+
+
+def test_control_characters_from_a_model_are_escaped_when_printed(cli: Cli, tmp_path: Path) -> None:
+    """A crafted model must not drive the terminal: escape sequences in names and metadata are printed escaped."""
+    from tests.conftest import TINY_TEXT, parse
+
+    model = parse(TINY_TEXT)
+    model.producer_name = "evil\x1b]0;owned\x07\x1b[2J"
+    onnx.save_model(model, str(tmp_path / "evil.onnx"))
+    res = cli("inspect", tmp_path / "evil.onnx")
+    assert res.returncode == 0 and "\x1b" not in res.stdout and "\\x1b]0;owned" in res.stdout
+    bad = cli(tmp_path / "evil.onnx", "-p", "no\x1b[2Jsuch")
+    assert bad.returncode == 2 and "\x1b" not in bad.stderr and "\\x1b" in bad.stderr

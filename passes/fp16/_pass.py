@@ -177,6 +177,9 @@ def _report(graph: onnx.GraphProto, plans: list[NodePlan | None], homes: dict[st
     return facts, refused
 
 
+MIN_OPSET = 6
+
+
 class Fp16Pass(Pass[Fp16Options]):
     name = "fp16"
     summary = "Convert float32 computation to float16 (blocklist, out-of-range constants and shape arithmetic kept float32)."
@@ -185,6 +188,9 @@ class Fp16Pass(Pass[Fp16Options]):
 
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
         g, o = model.graph, self.options
+        opset = next((x.version for x in model.opset_import if x.domain in ("", "ai.onnx")), 0)
+        if opset < MIN_OPSET:
+            raise PassRefused(f"fp16 needs opset >= {MIN_OPSET} (Cast's 'to' was a string before), the model has opset {opset}; convert it first: -p opset{{target=13}},fp16")
         try:
             reordered = topological_sort(g)
         except ValueError as exc:
