@@ -111,7 +111,7 @@ def _terminate_as_exception() -> Iterator[None]:
 
     try:
         old = signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file-size limit (ulimit -f) is an OSError we report, not a kill
+        old_xfsz = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file-size limit (ulimit -f) is an OSError we report, not a kill
     except ValueError:  # not the main thread (embedded use): leave signals alone
         yield
         return
@@ -119,6 +119,7 @@ def _terminate_as_exception() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, old)
+        signal.signal(signal.SIGXFSZ, old_xfsz)
 
 
 def _quiet_broken_pipe() -> int:
