@@ -389,3 +389,19 @@ def test_real_classifier_int8_end_to_end(cli: Cli, rapid_model: Path, tmp_path: 
     print("\n" + cmp.table())
     assert cmp, cmp.table()
     assert cmp.outputs[0].top1 is not None and cmp.outputs[0].top1 >= 0.9
+
+
+def test_ir3_model_gets_an_ir_that_allows_its_new_scales(tmp_path: Path) -> None:
+    """Found by the fuzzer: IR 3 needs every initializer to be a graph input; the scales qdq adds are not."""
+    from onnx import helper
+
+    w = numpy_helper.from_array(np.random.default_rng(3).standard_normal((4, 4)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Constant", [], ["wc"], value=w), helper.make_node("MatMul", ["x", "wc"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 4])], [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 3
+    onnx.checker.check_model(model, full_check=True)
+    np.savez(tmp_path / "c.npz", x=np.random.default_rng(4).standard_normal((8, 4)).astype(np.float32))
+    res = _run(model, tmp_path / "c.npz", samples=8)
+    assert res.model.ir_version >= 4
+    onnx.checker.check_model(res.model, full_check=True)

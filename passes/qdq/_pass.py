@@ -110,6 +110,8 @@ class QdqPass(Pass[QdqOptions]):
         if not placement.nodes:
             return PassResult(model, bool(upgraded), facts=facts, refused=placement.refused)
         inserted = insert_qdq(model.graph, placement.nodes, scales, ctx.model_dir)
+        if model.ir_version < 4:  # IR 3 requires every initializer to be a graph input; the scales are not
+            model.ir_version = 4
         facts.update(self._facts(placement, inserted))
         ctx.log.info("qdq: %d nodes quantized, %d activations, %d weights; %d candidates left float", len(placement.nodes), len(scales), len(inserted.weights), len(placement.refused))
         return PassResult(model, True, facts=facts, refused=placement.refused)
