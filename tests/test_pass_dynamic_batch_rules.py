@@ -157,3 +157,13 @@ def test_lin_arithmetic() -> None:
         (b + 1).div(2)
     assert repr(Lin(3, 2)) == "2*batch+3"
     assert np.array_equal(np.array([Lin(1), b], dtype=object) * 3, np.array([Lin(3), Lin(0, 3)], dtype=object))
+
+
+def test_flatten_axis_out_of_range_is_refused_not_a_crash() -> None:
+    """Found by the fuzzer: an out-of-range Flatten axis (the checker does not look) was an IndexError, exit 4."""
+    model = parse("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[1,3,4] x) => (float[1,12] y) { y = Flatten <axis: int = 1> (x) }""")
+    model.graph.node[0].attribute[0].i = 9
+    with pytest.raises(BatchDependenceError, match="axis 9 is out of range for rank 3"):
+        run_pass(model)

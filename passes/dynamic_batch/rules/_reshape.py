@@ -154,6 +154,8 @@ def flatten(node: onnx.NodeProto, a: Analysis) -> None:
     dims = a.static_dims(data)
     raw = int(attr(node, "axis", 1))
     axis = raw + len(dims) if raw < 0 else raw
+    if not 0 <= axis <= min(len(dims), len(flags)):
+        raise Refuse(f"axis {raw} is out of range for rank {len(dims)}")
     out: list[Flag] = [None, None]
     for part, (lo, hi) in enumerate(((0, axis), (axis, len(dims)))):
         flagged = [(i, f) for i in range(lo, hi) if (f := flags[i]) is not None]
