@@ -62,15 +62,20 @@ def replace_repeated(field: Any, items: Sequence[Any]) -> None:
     field.extend(copies)
 
 
+def final_name(renames: dict[str, str], name: str) -> str:
+    """Where ``name`` ends up after ``renames``, following chains (a->b, b->c) and stopping on a cycle."""
+    seen = set()
+    while name in renames and name not in seen:
+        seen.add(name)
+        name = renames[name]
+    return name
+
+
 def rename_all_uses(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
     """Apply ``old -> new`` to every node input (subgraphs included), following chains (a->b, b->c)."""
 
     def final(name: str) -> str:
-        seen = set()
-        while name in renames and name not in seen:
-            seen.add(name)
-            name = renames[name]
-        return name
+        return final_name(renames, name)
 
     for n in graph.node:
         for i, x in enumerate(n.input):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import types
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from converter.errors import UsageError, shorten
@@ -139,6 +139,32 @@ def parse_value(tp: Any, text: str, where: str) -> Any:
     raise TypeError(f"unsupported option type {inner!r} for {where}")  # a bug in the plugin's options class
 
 
+def parse_axis_entries(entries: Sequence[str]) -> dict[str, int | None]:
+    """``["state:1", "sr:none"]`` → ``{"state": 1, "sr": None}`` (per-input batch axes); ValueError on anything else.
+
+    The syntax of ``dynamic_batch{axes=[...]}`` and ``--calib-data feeds.npz?axes=...``.
+    """
+    out: dict[str, int | None] = {}
+    for entry in entries:
+        name, sep, text = entry.strip().rpartition(":")
+        name, text = name.strip(), text.strip().lower()
+        if not sep or not name or not text:
+            raise ValueError(f"axes entry '{entry}' must be name:dim or name:none (e.g. axes=[state:1,sr:none])")
+        if name in out:
+            raise ValueError(f"axes names input '{name}' twice")
+        if text == "none":
+            out[name] = None
+            continue
+        try:
+            axis = int(text)
+        except ValueError:
+            raise ValueError(f"axes entry '{entry}': '{text}' is neither a dim (0, 1, ...) nor none") from None
+        if axis < 0:
+            raise ValueError(f"axes entry '{entry}': the dim must be 0 or more")
+        out[name] = axis
+    return out
+
+
 def option_infos(options_cls: type) -> list[OptionInfo]:
     hints = get_type_hints(options_cls)
     infos = []
@@ -187,4 +213,4 @@ def options_as_dict(options: Any) -> dict[str, Any]:
     return out
 
 
-__all__ = ["NoOptions", "OptionInfo", "bounded", "build_options", "option_infos", "options_as_dict", "parse_value", "type_text"]
+__all__ = ["NoOptions", "OptionInfo", "bounded", "build_options", "parse_axis_entries", "option_infos", "options_as_dict", "parse_value", "type_text"]

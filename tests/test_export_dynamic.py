@@ -23,6 +23,7 @@ import pytest
 from converter.export.dim_names import name_dims
 from converter.export.dynamic import check_points, parse_dynamic
 from converter.export.inputs import parse_inputs
+from tests.test_export import DRIVER, _cli
 
 ROOT = Path(__file__).resolve().parent.parent
 M = "tests.export_models:"
@@ -48,22 +49,6 @@ ERRORS = {  # argv after 'export' -> what the one line says
     "sizes syntax": ([*TR, "--dynamic", "ids:1=seq", "--sizes", "seq:3"], r"--sizes 'seq:3' must be written SYMBOL=A,B"),
     "batches without batch": ([*TR, "--dynamic", "ids:1=seq", "--batches", "2,3"], r"--batches sets the sizes of 'batch', which --dynamic does not name"),
 }
-DRIVER = """
-import contextlib, io, json, sys
-from converter.cli import main
-results = []
-for argv in json.loads(sys.argv[1]):
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        results.append([main(argv), err.getvalue()])
-print(json.dumps(results))
-"""
-
-
-def _cli(*args: object) -> list[str]:
-    return [sys.executable, "-m", "converter.cli", *map(str, args)]
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     tmp = tmp_path_factory.mktemp("export_dynamic")

@@ -8,8 +8,6 @@ same kernels), and the folded model must also load with ONNX Runtime's full opti
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import onnx
 import onnx.parser
@@ -19,22 +17,7 @@ from onnx import helper, numpy_helper
 from converter.feeds import seeded_feeds
 from converter.graph_info import graph_inputs, node_count
 from converter.ort_session import make_session, run_session, session_options
-from converter.pass_api import PassContext
-from converter.passes.fold_constants import FoldConstantsOptions, FoldConstantsPass
-
-CTX = PassContext(log=logging.getLogger("test.fold_shapes"))
-
-
-def fold(model: onnx.ModelProto, **options):
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
-    result = FoldConstantsPass(FoldConstantsOptions(**options)).run(work, CTX)
-    onnx.checker.check_model(result.model, full_check=True)
-    return result
-
-
-def ops(model: onnx.ModelProto) -> list[str]:
-    return [n.op_type for n in model.graph.node]
+from tests.test_pass_fold_constants import fold, ops
 
 
 def initializer(model: onnx.ModelProto, name: str) -> onnx.TensorProto:

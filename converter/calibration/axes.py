@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from converter.errors import UsageError
+from converter.options import parse_axis_entries
 
 Axes = Mapping[str, int | None]
 """``{input: sample axis}``; an input missing from the mapping holds its samples on axis 0."""
@@ -20,25 +21,10 @@ Axes = Mapping[str, int | None]
 
 def parse_axes_text(entries: Sequence[str], where: str) -> dict[str, int | None]:
     """``["state:1", "sr:none"]`` → ``{"state": 1, "sr": None}``; a one-line UsageError otherwise."""
-    out: dict[str, int | None] = {}
-    for entry in entries:
-        name, sep, text = entry.strip().rpartition(":")
-        name, text = name.strip(), text.strip().lower()
-        if not sep or not name or not text:
-            raise UsageError(f"{where}: axes entry '{entry}' must be input:axis or input:none (e.g. axes=state:1,sr:none)")
-        if name in out:
-            raise UsageError(f"{where}: axes names input '{name}' twice")
-        if text == "none":
-            out[name] = None
-            continue
-        try:
-            axis = int(text)
-        except ValueError:
-            raise UsageError(f"{where}: axes entry '{entry}': '{text}' is neither an axis (0, 1, ...) nor none") from None
-        if axis < 0:
-            raise UsageError(f"{where}: axes entry '{entry}': the axis must be 0 or more")
-        out[name] = axis
-    return out
+    try:
+        return parse_axis_entries(entries)
+    except ValueError as exc:
+        raise UsageError(f"{where}: {exc}") from None
 
 
 def parse_options(text: str, allowed: Sequence[str], where: str) -> dict[str, list[str]]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import onnx
 
 from converter.errors import UsageError
+from converter.options import parse_axis_entries
 from converter.passes.dynamic_batch._facts import BatchDependenceError
 from converter.passes.dynamic_batch._trace import Seed
 
@@ -24,25 +25,7 @@ Dim = int | str | None
 
 def parse_axes(entries: tuple[str, ...]) -> dict[str, int | None]:
     """``("state:1", "sr:none")`` → ``{"state": 1, "sr": None}``; ValueError on anything else."""
-    out: dict[str, int | None] = {}
-    for entry in entries:
-        name, sep, text = entry.rpartition(":")
-        name, text = name.strip(), text.strip().lower()
-        if not sep or not name or not text:
-            raise ValueError(f"axes entry '{entry}' must be name:dim or name:none (e.g. axes=[state:1,sr:none])")
-        if name in out:
-            raise ValueError(f"axes names input '{name}' twice")
-        if text == "none":
-            out[name] = None
-            continue
-        try:
-            axis = int(text)
-        except ValueError:
-            raise ValueError(f"axes entry '{entry}': '{text}' is neither a dim (0, 1, ...) nor none") from None
-        if axis < 0:
-            raise ValueError(f"axes entry '{entry}': the dim must be 0 or more")
-        out[name] = axis
-    return out
+    return parse_axis_entries(entries)
 
 
 def dims_of(vi: onnx.ValueInfoProto) -> tuple[Dim, ...]:

@@ -25,6 +25,7 @@ its input is a node output nothing else reads (that node then produces the graph
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections import Counter
@@ -34,7 +35,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from converter.graph_edit import rename_all_uses, unique_name
+from converter.graph_edit import final_name, rename_all_uses, unique_name
 from converter.passes.fold_constants._constants import delete_at, is_default_domain
 from converter.passes.fold_constants._graph import constants, drop_dead, is_pure, reader_counts, taken_names
 from converter.passes.fold_constants._shapes import TensorType, same_shape
@@ -44,14 +45,7 @@ Types = dict[str, TensorType]
 
 
 def _resolver(renames: dict[str, str]) -> Callable[[str], str]:
-    def final(name: str) -> str:
-        seen = set()
-        while name in renames and name not in seen:
-            seen.add(name)
-            name = renames[name]
-        return name
-
-    return final
+    return functools.partial(final_name, renames)
 
 
 Touched = tuple[int, list[str]]

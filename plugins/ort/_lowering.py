@@ -90,6 +90,17 @@ def resolve_weight_form(weights: WeightForm) -> Literal["s8", "u8"]:
     return weights
 
 
+def _index(g: onnx.GraphProto) -> tuple[dict[str, onnx.TensorProto], dict[str, onnx.NodeProto], dict[str, list[onnx.NodeProto]]]:
+    """Initializers by name, the producer of every value, the readers of every value."""
+    inits = {t.name: t for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output if o}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for x in n.input:
+            readers.setdefault(x, []).append(n)
+    return inits, producer, readers
+
+
 def lower_for_ort_cpu(model: onnx.ModelProto, weights: WeightForm = "auto") -> Lowering:
     """A copy of ``model`` with its activation Q/DQ pairs in uint8; ``model`` is not changed.
 
@@ -100,12 +111,7 @@ def lower_for_ort_cpu(model: onnx.ModelProto, weights: WeightForm = "auto") -> L
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
-    inits = {t.name: t for t in g.initializer}
-    producer = {o: n for n in g.node for o in n.output if o}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for x in n.input:
-            readers.setdefault(x, []).append(n)
+    inits, producer, readers = _index(g)
     result = Lowering(out, weights=form)
     retyped: set[str] = set()
     for q in [n for n in g.node if n.op_type == "QuantizeLinear" and n.domain in _DEFAULT and len(n.input) == 3]:
@@ -174,12 +180,7 @@ def _weights_to_u8(g: onnx.GraphProto) -> list[str]:
     same scale): the DequantizeLinear's output does not change. A float Conv/Gemm weight
     that ORT would quantize to int8 itself is quantized per output channel instead.
     """
-    inits = {t.name: t for t in g.initializer}
-    producer = {o: n for n in g.node for o in n.output if o}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for x in n.input:
-            readers.setdefault(x, []).append(n)
+    inits, producer, readers = _index(g)
     used = set(inits) | {x for n in g.node for x in [*n.input, *n.output, n.name]} | {v.name for v in [*g.input, *g.output, *g.value_info]}
     done: list[str] = []
     shifted: set[str] = set()
