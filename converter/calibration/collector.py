@@ -24,6 +24,7 @@ from converter.calibration.batching import rebatch, samples_in
 from converter.calibration.sources import CalibSource, Feeds
 from converter.calibration.stats import DEFAULT_BINS, NaNFound, TensorStats
 from converter.errors import PassRefused, UsageError, describe_exception
+from converter.graph_info import iter_graphs
 from converter.ort_session import make_session, run_session
 
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
@@ -61,10 +62,13 @@ def _skeleton(model: onnx.ModelProto, keep_elements: int = 4096) -> onnx.ModelPr
 
 
 def value_infos(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
-    """Type and shape of every tensor ONNX shape inference can tell (weights are left out: any model size)."""
+    """Type and shape of every tensor ONNX shape inference can tell, subgraphs included (weights are left out: any model size)."""
     inferred = onnx.shape_inference.infer_shapes(_skeleton(model), check_type=False, strict_mode=False, data_prop=True)
-    g = inferred.graph
-    return {vi.name: vi for vi in [*g.input, *g.value_info, *g.output]}
+    out: dict[str, onnx.ValueInfoProto] = {}
+    for g in iter_graphs(inferred.graph):
+        for vi in [*g.input, *g.value_info, *g.output]:
+            out.setdefault(vi.name, vi)
+    return out
 
 
 def _bytes_per_sample(vi: onnx.ValueInfoProto | None) -> int:

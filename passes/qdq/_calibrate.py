@@ -33,8 +33,9 @@ from converter.calibration.cache import (
     trt_version_tag,
 )
 from converter.calibration.calibrators import Calibrator
-from converter.calibration.collector import Collector
+from converter.calibration.collector import Collector, value_infos
 from converter.calibration.data import declared_axes, open_source
+from converter.calibration.expose import expose, subgraph_tensors
 from converter.calibration.sources import sha256_text
 from converter.errors import ConverterError, UsageError
 from converter.graph_info import graph_inputs
@@ -140,6 +141,16 @@ def _batch_model(model: onnx.ModelProto, batch_size: int, tensors: list[str], de
     return Layout(result.model, axes, batch_size, False)
 
 
+def _observable(model: onnx.ModelProto, tensors: list[str], ctx: PassContext) -> tuple[onnx.ModelProto, list[str], dict[str, str]]:
+    """The model to run and the outputs to read: tensors inside If/Loop/Scan bodies carried out to main-graph outputs."""
+    inner = subgraph_tensors(model, tensors)
+    if not inner:
+        return model, tensors, {}
+    exposed = expose(model, inner, value_infos(model))
+    ctx.log.info("calibration: %d tensors inside If/Loop/Scan bodies carried out as outputs to be observed", len(inner))
+    return exposed.model, [exposed.outputs.get(t, t) for t in tensors], {exposed.outputs[t]: t for t in inner}
+
+
 CACHE = "calibration cache"
 
 
@@ -161,7 +172,8 @@ def calibrate(model: onnx.ModelProto, tensors: list[str], settings: CalibSetting
     if path and Path(path).is_file() and not _is_json_cache(path) and is_tensorrt_file(path):
         return _from_tensorrt_cache(path, tensors, ctx)
     text, specs = ctx.inputs.get(CALIB_DATA), graph_inputs(model)
-    layout = _batch_model(model, settings.batch_size, tensors, declared_axes(text, specs), ctx)
+    run_model, run_tensors, back = _observable(model, tensors, ctx)
+    layout = _batch_model(run_model, settings.batch_size, run_tensors, declared_axes(text, specs), ctx)
     source = open_source(
         text, specs, allow_random=ctx.inputs.get(CALIB_RANDOM), samples=settings.samples, seed=ctx.seed, log=ctx.log,
         axes=layout.axes, run_specs=graph_inputs(layout.model),
@@ -178,11 +190,12 @@ def calibrate(model: onnx.ModelProto, tensors: list[str], settings: CalibSetting
                 return Calibrated({t: cache.tensors[t] for t in tensors}, {"cache": "reused", "samples": cache.samples})
             ctx.log.warning("calibration cache %s not reused: %s; recalibrating", path, reason)
     calib_model, feed_batch, exact = layout.model, layout.batch, layout.exact
-    collector = Collector(calib_model, tensors, histogram=settings.calibrator.needs_histogram, batch_size=feed_batch, exact_batch=exact, log=ctx.log)
+    collector = Collector(calib_model, run_tensors, histogram=settings.calibrator.needs_histogram, batch_size=feed_batch, exact_batch=exact, log=ctx.log)
     collected = collector.run(source, limit=settings.samples)
     if collected.samples == 0:
         raise UsageError(f"--calib-data {source.description}: no samples reached the model (batch {feed_batch})")
-    ranges = {t: TensorRange(settings.calibrator.amax(s), s.min, s.max) for t, s in collected.stats.items()}
+    stats = {back.get(t, t): s for t, s in collected.stats.items()}
+    ranges = {t: TensorRange(settings.calibrator.amax(s), s.min, s.max) for t, s in stats.items()}
     facts: dict[str, Any] = {
         "samples": collected.samples,
         "batches": collected.batches,
@@ -191,7 +204,12 @@ def calibrate(model: onnx.ModelProto, tensors: list[str], settings: CalibSetting
         "calibration_seconds": round(collected.seconds, 3),
         "data": source.description,
     }
-    infinite = {t: s.infinite for t, s in collected.stats.items() if s.infinite}
+    if back:
+        facts["subgraph_tensors"] = len(back)
+    unseen = sorted(t for t, s in stats.items() if s.count == 0)
+    if unseen:
+        facts["not_reached"] = unseen  # inside a branch no calibration sample took
+    infinite = {t: s.infinite for t, s in stats.items() if s.infinite}
     if infinite:
         facts["infinite_values_excluded"] = infinite  # -inf/+inf (attention masks) left out of the ranges
         ctx.log.info("calibration: ±inf left out of the range of %d tensor(s): %s", len(infinite), ", ".join(list(infinite)[:3]))

@@ -10,26 +10,28 @@ consumer. Constant nodes and initializers left without a reader are removed.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from converter.graph_edit import unique_name
+from converter.calibration.expose import all_names
+from converter.graph_edit import replace_repeated, unique_name
+from converter.graph_info import iter_graphs
 from converter.passes.qdq._placement import NodePlan
-from converter.passes.qdq._weights import quantize_weight, read_constant
+from converter.passes.qdq._weights import quantize_weight
+
+WeightReader = Callable[[str], np.ndarray]
+"""Name of a constant (in any graph of the model) -> its value."""
 
 
 class Names:
-    """Fresh tensor and node names that clash with nothing in the graph."""
+    """Fresh tensor and node names that clash with nothing in the model (subgraphs included: names are model-wide)."""
 
-    def __init__(self, graph: onnx.GraphProto) -> None:
-        self.used = {t.name for t in graph.initializer} | {v.name for v in [*graph.input, *graph.output, *graph.value_info]}
-        for n in graph.node:
-            self.used.update(n.output)
-            self.used.update(n.input)
-            self.used.add(n.name)
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.used = all_names(model)
 
     def fresh(self, base: str) -> str:
         return unique_name(base, self.used)
@@ -56,8 +58,8 @@ def _activation_pair(graph: onnx.GraphProto, names: Names, tensor: str, scale: f
     return nodes, dq
 
 
-def _weight_dq(graph: onnx.GraphProto, names: Names, tensor: str, axis: int | None, model_dir: str | None) -> tuple[onnx.NodeProto, str, dict[str, object]]:
-    q, scale = quantize_weight(read_constant(graph, tensor, model_dir), axis, tensor)
+def _weight_dq(graph: onnx.GraphProto, names: Names, tensor: str, axis: int | None, value: np.ndarray) -> tuple[onnx.NodeProto, str, dict[str, object]]:
+    q, scale = quantize_weight(value, axis, tensor)
     qn = names.fresh(f"{tensor}_int8")
     s = names.fresh(f"{tensor}_scale")
     z = names.fresh(f"{tensor}_zero_point")
@@ -70,44 +72,48 @@ def _weight_dq(graph: onnx.GraphProto, names: Names, tensor: str, axis: int | No
     return node, dq, {"axis": axis, "channels": int(scale.size), "int8": qn}
 
 
-def _readers(graph: onnx.GraphProto) -> dict[str, int]:
+def _readers(model: onnx.ModelProto) -> dict[str, int]:
+    """How often each name is read, in any graph (a subgraph may read a constant of an enclosing one)."""
     count: dict[str, int] = defaultdict(int)
-    for n in graph.node:
-        for x in n.input:
-            count[x] += 1
-    for o in graph.output:
-        count[o.name] += 1
+    for g in iter_graphs(model.graph):
+        for n in g.node:
+            for x in n.input:
+                count[x] += 1
+        for o in g.output:
+            count[o.name] += 1
     return count
 
 
-def _remove_unread(graph: onnx.GraphProto, replaced: set[str]) -> list[str]:
-    readers = _readers(graph)
-    gone = [name for name in replaced if readers.get(name, 0) == 0]
-    keep_nodes = [n for n in graph.node if not (n.op_type == "Constant" and n.output[0] in gone)]
-    keep_inits = [t for t in graph.initializer if t.name not in gone]
-    if len(keep_nodes) != len(graph.node):
-        del graph.node[:]
-        graph.node.extend(keep_nodes)
-    if len(keep_inits) != len(graph.initializer):
-        del graph.initializer[:]
-        graph.initializer.extend(keep_inits)
+def remove_unread(model: onnx.ModelProto, replaced: set[str]) -> list[str]:
+    """Drop the float weights (initializers, Constant nodes) nothing reads any more, in whichever graph holds them."""
+    readers = _readers(model)
+    gone = {name for name in replaced if readers.get(name, 0) == 0}
+    for graph in iter_graphs(model.graph):
+        keep_nodes = [n for n in graph.node if not (n.op_type == "Constant" and n.output[0] in gone)]
+        keep_inits = [t for t in graph.initializer if t.name not in gone]
+        if len(keep_nodes) != len(graph.node):
+            replace_repeated(graph.node, keep_nodes)
+        if len(keep_inits) != len(graph.initializer):
+            replace_repeated(graph.initializer, keep_inits)
     return sorted(gone)
 
 
-def insert_qdq(graph: onnx.GraphProto, plans: list[NodePlan], scales: dict[str, float], model_dir: str | None = None) -> Inserted:
-    """Apply ``plans`` (node index -> inputs to quantize) with activation ``scales``; nodes are kept in topological order."""
-    names = Names(graph)
-    done = Inserted()
+def insert_qdq(graph: onnx.GraphProto, plans: list[NodePlan], scales: dict[str, float], names: Names, weight_value: WeightReader, done: Inserted) -> set[str]:
+    """Apply ``plans`` (node index in ``graph`` -> inputs to quantize) with activation ``scales``; nodes stay in topological order.
+
+    An activation this graph does not produce (a graph input, or a tensor of an enclosing graph read by a
+    subgraph) gets its pair at the head of the graph. Returns the float weights now read through
+    DequantizeLinear (to drop when nothing else reads them: :func:`remove_unread`).
+    """
     by_index = {p.index: p for p in plans}
-    inputs = {vi.name for vi in graph.input}
+    used = {t for p in plans for _, t in p.activations}
+    produced = {o for n in graph.node for o in n.output}
     act_dq: dict[str, str] = {}
     weight_dq: dict[tuple[str, int | None], str] = {}
-    head: list[onnx.NodeProto] = []
-    for tensor in scales:
-        if tensor in inputs:
-            nodes, act_dq[tensor] = _activation_pair(graph, names, tensor, scales[tensor])
-            head.extend(nodes)
-    new_nodes: list[onnx.NodeProto] = list(head)
+    new_nodes: list[onnx.NodeProto] = []
+    for tensor in sorted(used - produced):
+        nodes, act_dq[tensor] = _activation_pair(graph, names, tensor, scales[tensor])
+        new_nodes.extend(nodes)
     for index, original in enumerate(graph.node):
         node = onnx.NodeProto()
         node.CopyFrom(original)
@@ -116,18 +122,16 @@ def insert_qdq(graph: onnx.GraphProto, plans: list[NodePlan], scales: dict[str, 
             for pos, tensor, axis in plan.weights:
                 key = (tensor, axis)
                 if key not in weight_dq:
-                    dq_node, weight_dq[key], done.weights[tensor] = _weight_dq(graph, names, tensor, axis, model_dir)
+                    dq_node, weight_dq[key], done.weights[tensor] = _weight_dq(graph, names, tensor, axis, weight_value(tensor))
                     new_nodes.append(dq_node)
                 node.input[pos] = weight_dq[key]
             for pos, tensor in plan.activations:
                 node.input[pos] = act_dq[tensor]
         new_nodes.append(node)
         for out in node.output:
-            if out in scales and out not in act_dq:
+            if out in used and out not in act_dq:
                 nodes, act_dq[out] = _activation_pair(graph, names, out, scales[out])
                 new_nodes.extend(nodes)
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-    done.activation_scales = dict(scales)
-    done.removed_constants = _remove_unread(graph, {t for t, _ in weight_dq})
-    return done
+    replace_repeated(graph.node, new_nodes)
+    done.activation_scales.update({t: scales[t] for t in used})
+    return {t for t, _ in weight_dq}

@@ -11,8 +11,10 @@ ONNX Runtime fuses the same pairs into int8 kernels):
   output features: axis 0 of B with transB, else its last axis), quantized here
   into int8 initializers clamped to [-127, 127], read through DequantizeLinear.
   Weights in Constant nodes are quantized too. Bias stays float.
-- Placement: inputs of Conv/ConvTranspose/Gemm/MatMul and of residual Adds
-  (``_qdq_placement``); every candidate node left float is listed with why.
+- Placement: inputs of Conv/ConvTranspose/Gemm/MatMul (both inputs of an attention
+  MatMul) and of residual Adds, in the main graph and inside If/Loop/Scan bodies
+  (``_placement``, ``_model_plan``); normalization, Softmax, GELU and recurrent ops
+  stay float; every candidate node left float is listed with why.
 - A graph that already holds Q/DQ on activations (QAT) is kept as it is;
   ``qat_check`` verifies its zero points are 0 and its scales finite and positive.
 """
@@ -28,15 +30,15 @@ import onnx
 from converter.calibration.calibrators import Calibrator, scale_of
 from converter.calibration.collector import value_infos
 from converter.errors import PassRefused
-from converter.graph_info import iter_graphs, opset_version
+from converter.graph_info import opset_version
 from converter.options import bounded
 from converter.pass_api import Pass, PassContext, PassResult
 from converter.passes.opset import OpsetConversionFailed, upgrade_opset
 from converter.passes.qdq._calibrate import CalibSettings, calibrate
-from converter.passes.qdq._insert import Inserted, insert_qdq
-from converter.passes.qdq._placement import LAYER_OPS, Placement, PlacementRules, node_label, place
+from converter.passes.qdq._insert import Inserted
+from converter.passes.qdq._model_plan import ModelPlan, apply_plan, place_model
+from converter.passes.qdq._placement import PlacementRules
 from converter.passes.qdq._qat import activation_qdq_nodes, qat_problems
-from converter.passes.qdq._weights import constant_specs
 
 MIN_OPSET = 13
 _LISTED = 6
@@ -63,15 +65,6 @@ class QdqOptions:
             raise ValueError("batch_size must be >= 1")
 
 
-def _subgraph_refusals(model: onnx.ModelProto) -> list[str]:
-    out = []
-    for graph in list(iter_graphs(model.graph))[1:]:
-        for i, n in enumerate(graph.node):
-            if n.op_type in LAYER_OPS:
-                out.append(f"{node_label(n, i)} ({n.op_type}): inside a subgraph (If/Loop/Scan body), not quantized")
-    return out
-
-
 def _types(model: onnx.ModelProto) -> dict[str, int]:
     return {name: vi.type.tensor_type.elem_type for name, vi in value_infos(model).items()}
 
@@ -91,8 +84,7 @@ class QdqPass(Pass[QdqOptions]):
             model, upgraded = self._upgrade(model, ctx)
         o = self.options
         rules = PlacementRules(o.op_types, o.exclude, o.keep_first_last, o.per_channel)
-        placement = place(model.graph, _types(model), constant_specs(model.graph), rules)
-        placement.refused.extend(_subgraph_refusals(model))
+        placement = place_model(model, _types(model), rules)
         if not placement.nodes:
             ctx.log.info("qdq: nothing to quantize (%d candidate nodes refused)", len(placement.refused))
             return PassResult(model, bool(upgraded), facts={"quantized_nodes": 0, **({"opset_upgraded": upgraded} if upgraded else {})}, refused=placement.refused or ["no Conv, ConvTranspose, Gemm, MatMul or residual Add in the graph"])
@@ -105,15 +97,15 @@ class QdqPass(Pass[QdqOptions]):
             settings = CalibSettings(Calibrator(o.calibrator, o.percentile), o.samples, o.batch_size, o.cache)
             calibrated = calibrate(model, tensors, settings, ctx)
             facts.update(calibrated.facts)
-            scales = self._scales(placement, {t: r.amax for t, r in calibrated.ranges.items()})
+            scales = self._scales(placement, {t: r.amax for t, r in calibrated.ranges.items()}, set(calibrated.facts.get("not_reached", [])))
             facts["ranges"] = {t: {"amax": r.amax, "min": r.min, "max": r.max} for t, r in calibrated.ranges.items()}
         if not placement.nodes:
             return PassResult(model, bool(upgraded), facts=facts, refused=placement.refused)
-        inserted = insert_qdq(model.graph, placement.nodes, scales, ctx.model_dir)
-        if model.ir_version < 4:  # IR 3 requires every initializer to be a graph input; the scales are not
-            model.ir_version = 4
+        inserted = apply_plan(model, placement, scales, ctx.model_dir)
+        model.ir_version = max(model.ir_version, 4)  # IR 3 requires every initializer to be a graph input; the scales are not
         facts.update(self._facts(placement, inserted))
-        ctx.log.info("qdq: %d nodes quantized, %d activations, %d weights; %d candidates left float", len(placement.nodes), len(scales), len(inserted.weights), len(placement.refused))
+        ctx.log.info("qdq: %d nodes quantized (%d inside If/Loop/Scan bodies), %d activations, %d weights; %d candidates left float",
+                     len(placement.nodes), placement.in_subgraphs(), len(scales), len(inserted.weights), len(placement.refused))
         return PassResult(model, True, facts=facts, refused=placement.refused)
 
     @staticmethod
@@ -131,17 +123,22 @@ class QdqPass(Pass[QdqOptions]):
         return converted, change.summary()
 
     @staticmethod
-    def _scales(placement: Placement, amax: dict[str, float]) -> dict[str, float]:
-        """Scales of the activations; nodes reading one whose amax is 0 (all zeros in calibration) stay float."""
+    def _scales(placement: ModelPlan, amax: dict[str, float], not_reached: set[str]) -> dict[str, float]:
+        """Scales of the activations; nodes reading one that calibration never saw, or saw only as 0, stay float."""
+        def why(t: str) -> str:
+            if t in not_reached:
+                return f"activation '{t}' never ran during calibration (a branch or loop body no sample reached): no range"
+            return f"activation '{t}' was 0 on every calibration sample (no scale)"
+
         zero = {t for t, a in amax.items() if a <= 0.0}
-        bad = {n.name: f"activation '{t}' was 0 on every calibration sample (no scale)" for n in placement.nodes for _, t in n.activations if t in zero}
+        bad = {n.name: why(t) for n in placement.nodes for _, t in n.activations if t in zero}
         placement.drop(set(bad), bad)
         used = placement.activation_tensors()
         return {t: scale_of(amax[t]) for t in used}
 
     @staticmethod
-    def _facts(placement: Placement, inserted: Inserted) -> dict:
-        return {
+    def _facts(placement: ModelPlan, inserted: Inserted) -> dict:
+        facts = {
             "quantized_nodes": len(placement.nodes),
             "quantized_ops": dict(Counter(n.op_type for n in placement.nodes)),
             "nodes": [n.name for n in placement.nodes],
@@ -150,6 +147,9 @@ class QdqPass(Pass[QdqOptions]):
             "removed_constants": inserted.removed_constants,
             "already_quantized_inputs": placement.already_quantized,
         }
+        if placement.in_subgraphs():
+            facts["quantized_in_subgraphs"] = placement.in_subgraphs()
+        return facts
 
     def _keep_qat(self, model: onnx.ModelProto, existing: list[str], ctx: PassContext) -> PassResult:
         facts = {"qat": True, "qdq_nodes": len(existing)}

@@ -61,10 +61,6 @@ class PlacementRules:
     per_channel: bool = True
 
 
-def node_label(node: onnx.NodeProto, index: int) -> str:
-    return node.name or f"{node.op_type}_{index}"
-
-
 def _excluded_by(node: onnx.NodeProto, label: str, patterns: tuple[str, ...]) -> str | None:
     for p in patterns:
         if p in (node.op_type, label) or fnmatch.fnmatchcase(label, p) or fnmatch.fnmatchcase(node.op_type, p):
@@ -140,18 +136,73 @@ def _candidate_positions(node: onnx.NodeProto, facts: _Facts, rules: PlacementRu
     return None
 
 
-def place(graph: onnx.GraphProto, types: dict[str, int], constants: dict[str, tuple[int, int]], rules: PlacementRules) -> Placement:
+_FLOAT_OPS = {
+    "LayerNormalization": "normalization runs in float (TensorRT's transformer recipe; int8 would lose its mean/variance)",
+    "Softmax": "runs in float (TensorRT's transformer recipe); its output is quantized where a MatMul reads it",
+    "Gelu": "activation runs in float (TensorRT's transformer recipe)",
+    "Erf": "GELU's Erf runs in float (TensorRT's transformer recipe)",
+    "LSTM": "recurrent op stays float: neither ONNX Runtime's QDQ fusions nor TensorRT's Q/DQ placement have an int8 form of it",
+    "GRU": "recurrent op stays float: neither ONNX Runtime's QDQ fusions nor TensorRT's Q/DQ placement have an int8 form of it",
+    "RNN": "recurrent op stays float: neither ONNX Runtime's QDQ fusions nor TensorRT's Q/DQ placement have an int8 form of it",
+}
+_NORM_READERS = {"LayerNormalization": "LayerNormalization", "ReduceMean": "a decomposed LayerNorm (ReduceMean)", "Softmax": "Softmax"}
+
+
+def _readers(graph: onnx.GraphProto) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for n in graph.node:
+        for x in n.input:
+            out.setdefault(x, []).append(n.op_type)
+    return out
+
+
+_RESIDUAL_PRODUCERS = {*LAYER_OPS, "BatchNormalization"}
+
+
+def _add_kept_float(node: onnx.NodeProto, readers: dict[str, list[str]], producers: dict[str, str]) -> str | None:
+    """Why a two-activation Add is not a residual Add to quantize.
+
+    TensorRT fuses a residual Add into the Conv/Gemm that produces one of its inputs; an Add
+    with no such producer (e.g. of two squares in an STFT magnitude) gains nothing from int8,
+    and one that feeds normalization or Softmax (transformers) stays float by the BERT recipe.
+    """
+    for op in readers.get(node.output[0], []):
+        if op in _NORM_READERS:
+            what = "an attention mask added before Softmax" if op == "Softmax" else f"a residual Add feeding {_NORM_READERS[op]}"
+            return f"{what}: stays float (TensorRT's transformer recipe: the normalization path runs in float)"
+    if not any(producers.get(x) in _RESIDUAL_PRODUCERS for x in node.input):
+        return "no input comes from a Conv/ConvTranspose/Gemm/MatMul: not a residual Add a backend fuses, stays float"
+    return None
+
+
+def _decomposed_norm(node: onnx.NodeProto, readers: dict[str, list[str]]) -> bool:
+    """ReduceMean(x) read by Sub (x - mean): the first node of a LayerNorm exported as primitive ops."""
+    return node.op_type == "ReduceMean" and "Sub" in readers.get(node.output[0], [])
+
+
+def place(graph: onnx.GraphProto, types: dict[str, int], constants: dict[str, tuple[int, int]], rules: PlacementRules, prefix: str = "") -> Placement:
+    """Plan the Q/DQ of one graph; ``prefix`` names the unnamed nodes of a subgraph (names are model-wide)."""
     facts = _Facts(graph, types, constants)
+    readers = _readers(graph)
+    producers = {o: n.op_type for n in graph.node for o in n.output}
     candidates: list[tuple[onnx.NodeProto, NodePlan, tuple[int, ...]]] = []
     placement = Placement([], [])
     for index, node in enumerate(graph.node):
+        label = node.name or f"{prefix}{node.op_type}_{index}"
+        if node.op_type in _FLOAT_OPS or _decomposed_norm(node, readers):
+            why = _FLOAT_OPS.get(node.op_type) or "a decomposed LayerNorm: normalization runs in float (TensorRT's transformer recipe)"
+            placement.refused.append(f"{label} ({node.op_type}): {why}")
+            continue
         positions = _candidate_positions(node, facts, rules)
         if positions is None:
             continue
-        label = node_label(node, index)
         pattern = _excluded_by(node, label, rules.exclude)
         if pattern is not None:
             placement.refused.append(f"{label} ({node.op_type}): excluded by exclude={pattern}")
+            continue
+        kept = _add_kept_float(node, readers, producers) if node.op_type == "Add" and node.op_type not in rules.op_types else None
+        if kept:
+            placement.refused.append(f"{label} ({node.op_type}): {kept}")
             continue
         candidates.append((node, NodePlan(index, label, node.op_type), positions))
     layers = [c for c in candidates if c[0].op_type in LAYER_OPS or c[0].op_type in rules.op_types]
