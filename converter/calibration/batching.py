@@ -79,3 +79,23 @@ def rebatch(source: CalibSource, size: int, limit: int | None = None, exact: boo
             held -= size
     if held and not exact:
         yield _take(pending, held, axes)
+
+
+def window(source: CalibSource, size: int, start: int, count: int, exact: bool = False) -> list[Feeds]:
+    """Samples ``[start, start + count)`` of ``source`` in batches of ``size``, held in memory (keep ``count`` small).
+
+    For held-out data: the samples after the ones calibration used. A source ``as_yielded`` is
+    windowed by item (each dict is one run, as yielded).
+    """
+    picked: list[Feeds] = []
+    seen = 0
+    for item in rebatch(source, size if source.as_yielded else 1, start + count):
+        if seen >= start:
+            picked.append(item)
+        seen += count_of(item, source.axes)
+    if source.as_yielded:
+        return picked
+    batches = [join(picked[i : i + size], source.axes) for i in range(0, len(picked), size)]
+    if exact and batches and count_of(batches[-1], source.axes) < size:
+        batches.pop()
+    return batches

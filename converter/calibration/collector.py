@@ -104,14 +104,13 @@ def calibration_model(model: onnx.ModelProto, outputs: Sequence[str], infos: dic
 
 
 def _check_finite(feeds: Feeds, offset: int, where: str) -> None:
-    """NaN or inf in the user's data: exit 2 naming the input and the sample."""
+    """NaN in the user's data: exit 2 naming the input and the sample (±inf is a value: additive attention masks hold -inf)."""
     for name, value in feeds.items():
         arr = np.asarray(value)
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            bad = ~np.isfinite(arr.reshape(arr.shape[0], -1) if arr.ndim else arr.reshape(1, -1))
+        if arr.dtype.kind == "f" and np.isnan(arr).any():
+            bad = np.isnan(arr.reshape(arr.shape[0], -1) if arr.ndim else arr.reshape(1, -1))
             sample = int(np.argmax(bad.any(axis=1)))
-            kind = "NaN" if np.isnan(arr).any() else "inf"
-            raise UsageError(f"--calib-data {where}: input '{name}' holds {kind} in sample {offset + sample}; calibration data must be finite")
+            raise UsageError(f"--calib-data {where}: input '{name}' holds NaN in sample {offset + sample}; calibration data must not hold NaN")
 
 
 class Collector:

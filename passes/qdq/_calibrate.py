@@ -20,6 +20,7 @@ from typing import Any
 import onnx
 
 from converter.calibration import CALIB_DATA, CALIB_RANDOM
+from converter.calibration.batching import window
 from converter.calibration.cache import (
     CalibrationCache,
     TensorRange,
@@ -36,7 +37,7 @@ from converter.calibration.calibrators import Calibrator
 from converter.calibration.collector import Collector, value_infos
 from converter.calibration.data import declared_axes, open_source
 from converter.calibration.expose import expose, subgraph_tensors
-from converter.calibration.sources import sha256_text
+from converter.calibration.sources import CalibSource, Feeds, sha256_text
 from converter.errors import ConverterError, UsageError
 from converter.graph_info import graph_inputs
 from converter.pass_api import PassContext
@@ -48,12 +49,16 @@ class CalibSettings:
     samples: int
     batch_size: int
     cache: str | None
+    holdout: int = 0
+    """Samples kept out of calibration for the accuracy budget (taken after the calibration samples)."""
 
 
 @dataclass
 class Calibrated:
     ranges: dict[str, TensorRange]
     facts: dict[str, Any] = field(default_factory=dict)
+    heldout: list[Feeds] = field(default_factory=list)
+    """Batches of held-out samples, each fitting the model as it is (its static batch, or ``batch_size``)."""
 
 
 def _is_json_cache(path: str) -> bool:
@@ -179,6 +184,7 @@ def calibrate(model: onnx.ModelProto, tensors: list[str], settings: CalibSetting
         axes=layout.axes, run_specs=graph_inputs(layout.model),
     )
     label = settings.calibrator.label
+    limit = _calibration_limit(source, settings)
     hashes = ("", "")
     if path:
         hashes = (model_hash(model), sha256_text(source.fingerprint(), f"samples={settings.samples}"))
@@ -187,11 +193,11 @@ def calibrate(model: onnx.ModelProto, tensors: list[str], settings: CalibSetting
             reason = cache.mismatch(label, *hashes) or (None if all(t in cache.tensors for t in tensors) else "it lacks tensors this placement quantizes")
             if reason is None:
                 ctx.log.info("reusing calibration cache %s (%s, %d samples)", path, label, cache.samples)
-                return Calibrated({t: cache.tensors[t] for t in tensors}, {"cache": "reused", "samples": cache.samples})
+                return Calibrated({t: cache.tensors[t] for t in tensors}, {"cache": "reused", "samples": cache.samples}, _heldout(model, source, layout, settings, limit))
             ctx.log.warning("calibration cache %s not reused: %s; recalibrating", path, reason)
     calib_model, feed_batch, exact = layout.model, layout.batch, layout.exact
     collector = Collector(calib_model, run_tensors, histogram=settings.calibrator.needs_histogram, batch_size=feed_batch, exact_batch=exact, log=ctx.log)
-    collected = collector.run(source, limit=settings.samples)
+    collected = collector.run(source, limit=limit)
     if collected.samples == 0:
         raise UsageError(f"--calib-data {source.description}: no samples reached the model (batch {feed_batch})")
     stats = {back.get(t, t): s for t, s in collected.stats.items()}
@@ -215,4 +221,29 @@ def calibrate(model: onnx.ModelProto, tensors: list[str], settings: CalibSetting
         ctx.log.info("calibration: ±inf left out of the range of %d tensor(s): %s", len(infinite), ", ".join(list(infinite)[:3]))
     if path:
         facts["cache"] = _save(path, CalibrationCache(label, ranges, hashes[0], hashes[1], collected.samples), ctx)
-    return Calibrated(ranges, facts)
+    return Calibrated(ranges, facts, _heldout(model, source, layout, settings, collected.samples))
+
+
+def _calibration_limit(source: CalibSource, settings: CalibSettings) -> int:
+    """Samples calibration reads: ``samples``, fewer when held-out samples must remain after them."""
+    total = source.sample_count()
+    if not settings.holdout or total is None:
+        return settings.samples
+    limit = min(settings.samples, total - settings.holdout)
+    if limit < 1:
+        raise UsageError(f"--calib-data {source.description}: {total} samples cannot give {settings.holdout} held-out samples for the accuracy budget "
+                         "and still calibrate; give more samples or lower qdq{holdout=...}")
+    return limit
+
+
+def _heldout(model: onnx.ModelProto, source: CalibSource, layout: Layout, settings: CalibSettings, start: int) -> list[Feeds]:
+    """The held-out samples (after the ``start`` calibration used), batched the way ``model`` itself takes them."""
+    if not settings.holdout:
+        return []
+    static = {d for d in _static_batch(model, layout.axes) if d is not None}
+    size = max(static) if static else settings.batch_size
+    batches = window(source, size, start, settings.holdout, exact=bool(static))
+    if not batches:
+        raise UsageError(f"--calib-data {source.description}: no samples left after the {start} used for calibration to measure the accuracy budget on; "
+                         "give more samples or lower qdq{samples=...}")
+    return batches

@@ -35,6 +35,7 @@ from converter.options import bounded
 from converter.pass_api import Pass, PassContext, PassResult
 from converter.passes.opset import OpsetConversionFailed, upgrade_opset
 from converter.passes.qdq._calibrate import CalibSettings, calibrate
+from converter.passes.qdq._fit import Budget, facts_of, fit
 from converter.passes.qdq._insert import Inserted
 from converter.passes.qdq._model_plan import ModelPlan, apply_plan, place_model
 from converter.passes.qdq._placement import PlacementRules
@@ -55,6 +56,9 @@ class QdqOptions:
     samples: int = field(default=512, metadata=bounded(1, 10_000_000, "calibration samples used at most"))
     batch_size: int = field(default=8, metadata=bounded(1, 65536, "samples per calibration batch (a static batch-1 model is made dynamic on a copy, or fed one by one)"))
     cache: str | None = field(default=None, metadata={"help": "calibration cache: PATH.json (ours, reused when calibrator, model and data match) or a TensorRT cache text file (read as is, written after calibration)"})
+    target_cosine: float | None = field(default=None, metadata=bounded(0.0, 1.0, "accuracy budget: keep the most sensitive nodes in float until the cosine of every output against the float model reaches this on held-out samples (e.g. 0.99)"))
+    target_top1: float | None = field(default=None, metadata=bounded(0.0, 1.0, "accuracy budget for classifiers: top-1 agreement with the float model on held-out samples (e.g. 0.99)"))
+    holdout: int = field(default=32, metadata=bounded(1, 4096, "accuracy budget: samples of the calibration data kept out of calibration to measure it on (taken after the calibration samples)"))
     qat_check: bool = field(default=True, metadata={"help": "a model that already holds Q/DQ: fail unless every zero point is 0 and every scale finite and positive"})
 
     def __post_init__(self) -> None:
@@ -63,6 +67,22 @@ class QdqOptions:
             raise ValueError("samples must be >= 1")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if self.target_cosine is not None and self.target_top1 is not None:
+            raise ValueError("give target_cosine or target_top1, not both")
+
+    @property
+    def budget(self) -> Budget | None:
+        if self.target_cosine is not None:
+            return Budget("cosine", self.target_cosine)
+        if self.target_top1 is not None:
+            return Budget("top1", self.target_top1)
+        return None
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
 
 
 def _types(model: onnx.ModelProto) -> dict[str, int]:
@@ -84,7 +104,9 @@ class QdqPass(Pass[QdqOptions]):
             model, upgraded = self._upgrade(model, ctx)
         o = self.options
         rules = PlacementRules(o.op_types, o.exclude, o.keep_first_last, o.per_channel)
-        placement = place_model(model, _types(model), rules)
+        types = _types(model)
+        pristine = _copy(model) if o.budget else None
+        placement = place_model(model, types, rules)
         if not placement.nodes:
             ctx.log.info("qdq: nothing to quantize (%d candidate nodes refused)", len(placement.refused))
             return PassResult(model, bool(upgraded), facts={"quantized_nodes": 0, **({"opset_upgraded": upgraded} if upgraded else {})}, refused=placement.refused or ["no Conv, ConvTranspose, Gemm, MatMul or residual Add in the graph"])
@@ -94,11 +116,15 @@ class QdqPass(Pass[QdqOptions]):
             facts["opset_upgraded"] = upgraded
         scales: dict[str, float] = {}
         if tensors:
-            settings = CalibSettings(Calibrator(o.calibrator, o.percentile), o.samples, o.batch_size, o.cache)
+            settings = CalibSettings(Calibrator(o.calibrator, o.percentile), o.samples, o.batch_size, o.cache, o.holdout if o.budget else 0)
             calibrated = calibrate(model, tensors, settings, ctx)
             facts.update(calibrated.facts)
             scales = self._scales(placement, {t: r.amax for t, r in calibrated.ranges.items()}, set(calibrated.facts.get("not_reached", [])))
             facts["ranges"] = {t: {"amax": r.amax, "min": r.min, "max": r.max} for t, r in calibrated.ranges.items()}
+            if o.budget and pristine is not None and placement.nodes:
+                result = fit(pristine, placement, types, rules, scales, calibrated.heldout, o.budget, ctx.model_dir, ctx.log)
+                facts["budget"] = facts_of(result)
+                scales = {t: scales[t] for t in placement.activation_tensors()}
         if not placement.nodes:
             return PassResult(model, bool(upgraded), facts=facts, refused=placement.refused)
         inserted = apply_plan(model, placement, scales, ctx.model_dir)

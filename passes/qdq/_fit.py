@@ -1,0 +1,79 @@
+"""The qdq pass's accuracy budget, wired to its placement: which nodes go back to float.
+
+``fit`` hands :func:`~converter.passes.qdq._budget.fit_budget` a ``build`` that quantizes a
+fresh copy of the float model with the same placement (placement is deterministic, so node
+names match) minus the nodes to keep float, and the held-out batches calibration left out.
+The kept nodes are then dropped from the real placement with their measured cost as reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import onnx
+
+from converter.passes.qdq._budget import BudgetResult, Feeds, Metric, fit_budget
+from converter.passes.qdq._model_plan import ModelPlan, apply_plan, place_model
+from converter.passes.qdq._placement import PlacementRules
+
+_CURVE_POINTS = 24
+
+
+@dataclass(frozen=True)
+class Budget:
+    metric: Metric
+    target: float
+
+
+def _builder(float_model: onnx.ModelProto, plan: ModelPlan, types: dict[str, int], rules: PlacementRules, scales: dict[str, float], model_dir: str | None):
+    planned = {n.name for n in plan.nodes}
+
+    def build(keep: frozenset[str]) -> onnx.ModelProto:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(float_model)
+        again = place_model(copy, types, rules)
+        gone = {n.name for n in again.nodes if n.name not in planned or n.name in keep}
+        again.drop(gone, dict.fromkeys(gone, "accuracy budget"))
+        used = again.activation_tensors()
+        apply_plan(copy, again, {t: scales[t] for t in used}, model_dir)
+        return copy
+
+    return build
+
+
+def facts_of(result: BudgetResult) -> dict[str, Any]:
+    curve = result.curve if len(result.curve) <= _CURVE_POINTS else result.curve[:: max(1, len(result.curve) // _CURVE_POINTS)] + result.curve[-1:]
+    return {
+        "metric": result.metric,
+        "target": result.target,
+        "all_quantized": round(result.all_quantized, 6),
+        "achieved": round(result.achieved, 6),
+        "met": result.met,
+        "kept_float": {k: round(v, 6) for k, v in result.kept_float.items()},
+        "curve": [[k, round(v, 6)] for k, v in curve],
+        "evaluations": result.evaluations,
+        "samples": result.samples,
+        "seconds": round(result.seconds, 2),
+        **({"notes": result.notes} if result.notes else {}),
+    }
+
+
+def fit(float_model: onnx.ModelProto, plan: ModelPlan, types: dict[str, int], rules: PlacementRules, scales: dict[str, float],
+        heldout: list[Feeds], budget: Budget, model_dir: str | None, log: logging.Logger) -> BudgetResult:
+    """Measure, choose the nodes to keep float, and drop them from ``plan`` (each with its measured cost)."""
+    build = _builder(float_model, plan, types, rules, scales, model_dir)
+    names = [n.name for n in plan.nodes]
+    result = fit_budget(float_model, build, names, lambda: iter(heldout), budget.target, budget.metric, log)
+    what = "cosine" if budget.metric == "cosine" else "top-1 agreement"
+    reasons = {name: f"accuracy budget ({what} >= {budget.target}): quantizing it alone costs {cost:.4g} {what} on {result.samples} held-out samples"
+               for name, cost in result.kept_float.items()}
+    plan.drop(set(reasons), reasons)
+    if result.met:
+        log.info("qdq: accuracy budget met: %s %.4f (all quantized %.4f) with %d nodes kept float, %d evaluations",
+                 what, result.achieved, result.all_quantized, len(result.kept_float), result.evaluations)
+    else:
+        log.warning("qdq: accuracy budget not met: best %s %.4f < %s with %d nodes kept float (all quantized %.4f)",
+                    what, result.achieved, budget.target, len(result.kept_float), result.all_quantized)
+    return result
