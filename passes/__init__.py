@@ -19,6 +19,8 @@ from converter.passes.infer_shapes import InferShapesPass
 from converter.passes.opset import OpsetPass
 from converter.passes.qdq import QdqPass
 from converter.passes.simplify import SimplifyPass
+from converter.passes.smooth_quant import SmoothQuantPass
+from converter.passes.specialize import SpecializePass
 from converter.registry import PassRegistry
 
 
@@ -30,11 +32,13 @@ def converter_register_passes(registry: PassRegistry) -> None:
     registry.add(DynamicBatchPass)
     registry.add(SimplifyPass)
     registry.add(FoldConstantsPass)
+    registry.add(SmoothQuantPass)
     registry.add(QdqPass)
     registry.add(Fp16Pass)
+    registry.add(SpecializePass)
 
 
 @hookimpl
 def converter_add_options(registry: OptionRegistry) -> None:
-    registry.add_pass_input(CALIB_DATA)  # read by qdq
+    registry.add_pass_input(CALIB_DATA)  # read by qdq and smooth_quant
     registry.add_pass_input(CALIB_RANDOM)

@@ -103,7 +103,7 @@ def calibration_model(model: onnx.ModelProto, outputs: Sequence[str], infos: dic
     return out
 
 
-def _check_finite(feeds: Feeds, offset: int, where: str) -> None:
+def check_feeds(feeds: Feeds, offset: int, where: str) -> None:
     """NaN in the user's data: exit 2 naming the input and the sample (±inf is a value: additive attention masks hold -inf)."""
     for name, value in feeds.items():
         arr = np.asarray(value)
@@ -154,7 +154,7 @@ class Collector:
             for feeds in rebatch(source, self.batch_size, limit, self.exact_batch):
                 count = samples_in(feeds, source)
                 if index == 0:
-                    _check_finite(feeds, samples, source.description)
+                    check_feeds(feeds, samples, source.description)
                 try:
                     self._update(session, chunk, feeds, first_chunk=index == 0)
                 except NaNFound as exc:

@@ -38,9 +38,10 @@ from converter.calibration.collector import Collector, value_infos
 from converter.calibration.data import declared_axes, open_source
 from converter.calibration.expose import expose, subgraph_tensors
 from converter.calibration.sources import CalibSource, Feeds, sha256_text
-from converter.errors import ConverterError, UsageError
+from converter.errors import UsageError
 from converter.graph_info import graph_inputs
 from converter.pass_api import PassContext
+from converter.passes.qdq._layout import Layout, calibration_layout, static_batch
 
 
 @dataclass(frozen=True)
@@ -81,71 +82,6 @@ def _from_tensorrt_cache(path: str, tensors: list[str], ctx: PassContext) -> Cal
     return Calibrated({t: cache.tensors[t] for t in tensors}, {"cache": "imported tensorrt", "cache_header": cache.header})
 
 
-@dataclass(frozen=True)
-class Layout:
-    """The model to calibrate on, each input's sample axis, the batch to feed and whether it is exact."""
-
-    model: onnx.ModelProto
-    axes: dict[str, int | None]
-    batch: int
-    exact: bool
-
-
-def _fallback_axes(model: onnx.ModelProto, declared: dict[str, int | None]) -> dict[str, int | None]:
-    """Without the analysis: axis 0 for inputs with dims, none for scalars; ``declared`` wins."""
-    return {spec.name: declared.get(spec.name, 0 if spec.shape else None) for spec in graph_inputs(model)}
-
-
-def _static_batch(model: onnx.ModelProto, axes: dict[str, int | None]) -> set[int | None]:
-    """Each batched input's size along its own sample axis (None where symbolic)."""
-    dims: set[int | None] = set()
-    for spec in graph_inputs(model):
-        axis = axes.get(spec.name, 0)
-        if axis is None or axis >= len(spec.shape):
-            continue
-        d = spec.shape[axis]
-        dims.add(d if isinstance(d, int) and d > 0 else None)
-    return dims
-
-
-def _batch_model(model: onnx.ModelProto, batch_size: int, tensors: list[str], declared: dict[str, int | None], ctx: PassContext) -> Layout:
-    """The per-input sample axes (dynamic_batch's analysis, once, on a copy) and the model and batch to calibrate with.
-
-    An already-dynamic model keeps its symbolic dims; a static batch-1 model is calibrated in batches
-    on the copy the pass made dynamic; otherwise (a static batch, or a refusal) with exactly its batch,
-    each input cut along its own axis (a state keeps ``[layers, 1, hidden]``).
-    """
-    from converter.passes.dynamic_batch import DynamicBatchOptions, DynamicBatchPass
-
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    options = DynamicBatchOptions(verify=False, axes=tuple(f"{n}:{'none' if a is None else a}" for n, a in declared.items()))
-    try:
-        result = DynamicBatchPass(options).run(copy, PassContext(log=ctx.log.getChild("dynamic_batch"), seed=ctx.seed))
-    except ConverterError as exc:
-        axes = _fallback_axes(model, declared)
-        static = {d for d in _static_batch(model, axes) if d is not None}
-        fixed = max(static, default=1)
-        what = "one sample at a time" if fixed == 1 else f"in batches of exactly {fixed}"
-        ctx.log.info("calibrating %s: dynamic_batch refused this model (%s)", what, exc)
-        return Layout(model, axes, fixed, True)
-    found = {a.tensor: a.axis for a in result.facts.get("axes", []) if a.role == "input"}
-    axes = {**_fallback_axes(model, declared), **found, **declared}
-    dims = _static_batch(model, axes)
-    static = {d for d in dims if d is not None}
-    if not static:
-        return Layout(model, axes, batch_size, False)
-    fixed = max(static)
-    if fixed != 1 or batch_size == 1 or None in dims or "already_dynamic" in result.facts:
-        return Layout(model, axes, fixed, True)
-    produced = {o for n in result.model.graph.node for o in n.output} | {vi.name for vi in result.model.graph.input}
-    if not all(t in produced for t in tensors):
-        ctx.log.info("calibrating one sample at a time: dynamic_batch renamed tensors to calibrate")
-        return Layout(model, axes, 1, True)
-    ctx.log.info("calibrating in batches of %d on a copy made dynamic by dynamic_batch", batch_size)
-    return Layout(result.model, axes, batch_size, False)
-
-
 def _observable(model: onnx.ModelProto, tensors: list[str], ctx: PassContext) -> tuple[onnx.ModelProto, list[str], dict[str, str]]:
     """The model to run and the outputs to read: tensors inside If/Loop/Scan bodies carried out to main-graph outputs."""
     inner = subgraph_tensors(model, tensors)
@@ -178,7 +114,7 @@ def calibrate(model: onnx.ModelProto, tensors: list[str], settings: CalibSetting
         return _from_tensorrt_cache(path, tensors, ctx)
     text, specs = ctx.inputs.get(CALIB_DATA), graph_inputs(model)
     run_model, run_tensors, back = _observable(model, tensors, ctx)
-    layout = _batch_model(run_model, settings.batch_size, run_tensors, declared_axes(text, specs), ctx)
+    layout = calibration_layout(run_model, settings.batch_size, run_tensors, declared_axes(text, specs), ctx)
     source = open_source(
         text, specs, allow_random=ctx.inputs.get(CALIB_RANDOM), samples=settings.samples, seed=ctx.seed, log=ctx.log,
         axes=layout.axes, run_specs=graph_inputs(layout.model),
@@ -240,7 +176,7 @@ def _heldout(model: onnx.ModelProto, source: CalibSource, layout: Layout, settin
     """The held-out samples (after the ``start`` calibration used), batched the way ``model`` itself takes them."""
     if not settings.holdout:
         return []
-    static = {d for d in _static_batch(model, layout.axes) if d is not None}
+    static = {d for d in static_batch(model, layout.axes) if d is not None}
     size = max(static) if static else settings.batch_size
     batches = window(source, size, start, settings.holdout, exact=bool(static))
     if not batches:
