@@ -30,7 +30,7 @@ import onnx
 from converter.calibration.calibrators import Calibrator, scale_of
 from converter.calibration.collector import value_infos
 from converter.errors import PassRefused
-from converter.graph_info import opset_version
+from converter.graph_info import iter_graphs, opset_version
 from converter.options import bounded
 from converter.pass_api import Pass, PassContext, PassResult
 from converter.passes.opset import OpsetConversionFailed, upgrade_opset
@@ -79,6 +79,12 @@ class QdqOptions:
         return None
 
 
+def _normalization_outputs(model: onnx.ModelProto) -> set[str]:
+    """Outputs of LayerNormalization (any graph): their few outlier channels are what the next MatMul reads
+    (Bondarenko et al., 2021), so their amax is the largest value seen, whatever the calibrator."""
+    return {n.output[0] for g in iter_graphs(model.graph) for n in g.node if n.op_type in ("LayerNormalization", "SkipLayerNormalization") and n.output}
+
+
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -119,7 +125,13 @@ class QdqPass(Pass[QdqOptions]):
             settings = CalibSettings(Calibrator(o.calibrator, o.percentile), o.samples, o.batch_size, o.cache, o.holdout if o.budget else 0)
             calibrated = calibrate(model, tensors, settings, ctx)
             facts.update(calibrated.facts)
-            scales = self._scales(placement, {t: r.amax for t, r in calibrated.ranges.items()}, set(calibrated.facts.get("not_reached", [])))
+            amax = {t: r.amax for t, r in calibrated.ranges.items()}
+            unclipped = _normalization_outputs(model) & set(amax) if o.calibrator != "minmax" else set()
+            for t in unclipped:  # outlier channels of LayerNorm outputs carry meaning: never clipped
+                amax[t] = max(abs(calibrated.ranges[t].min), abs(calibrated.ranges[t].max))
+            if unclipped:
+                facts["unclipped_normalization_outputs"] = sorted(unclipped)
+            scales = self._scales(placement, amax, set(calibrated.facts.get("not_reached", [])))
             facts["ranges"] = {t: {"amax": r.amax, "min": r.min, "max": r.max} for t, r in calibrated.ranges.items()}
             if o.budget and pristine is not None and placement.nodes:
                 result = fit(pristine, placement, types, rules, scales, calibrated.heldout, o.budget, ctx.model_dir, ctx.log)
