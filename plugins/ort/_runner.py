@@ -28,10 +28,13 @@ def ort_specs(args: Sequence[Any]) -> list[TensorSpec]:
 class OrtRunner(Runner):
     """Runs an .onnx file on ONNX Runtime."""
 
-    def __init__(self, path: Path, providers: Sequence[str] = ("CPUExecutionProvider",), threads: int = 0, provider_options: Sequence[dict[str, str]] | None = None) -> None:
+    def __init__(self, path: Path, providers: Sequence[str] = ("CPUExecutionProvider",), threads: int = 0, provider_options: Sequence[dict[str, str]] | None = None,
+                 exact_qdq: bool = False) -> None:
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.log_severity_level = 4  # errors are raised (and reported in one line), not logged
+        if exact_qdq:  # every Q/DQ computed as written (TensorRT's arithmetic), not fused into ORT's CPU int8 kernels
+            so.add_session_config_entry("session.disable_quant_qdq", "1")
         try:
             self.session = ort.InferenceSession(str(path), sess_options=so, providers=list(providers), provider_options=list(provider_options) if provider_options else None)
         except Exception as exc:
