@@ -277,3 +277,25 @@ def test_golden_check_judges_a_qdq_artifact_by_int8_policy_on_its_exact_arithmet
     assert res.returncode == 0 and "tolerance (int8)" in res.stdout, res.stdout + res.stderr
     res = cli("golden", "check", tmp_path / "q.onnx", tmp_path / "case", "--precision", "fp32")
     assert res.returncode != 0 and "at fp32" in res.stderr
+
+
+def test_ranges_of_every_activation_are_recorded_for_backends(tmp_path: Path) -> None:
+    """Besides the placed tensors, every float activation's min/max is measured (reduced in the graph) and kept in metadata."""
+    from converter.passes.qdq import ACTIVATION_RANGES, read_activation_ranges
+    from tests.test_pass_qdq import net_model
+
+    model = net_model()
+    x = np.random.default_rng(2).standard_normal((16, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "feeds.npz", x=x)
+    result = QdqPass(QdqOptions(calibrator="entropy")).run(_copy(model), _ctx(tmp_path / "feeds.npz"))
+    ranges = read_activation_ranges(result.model)
+    assert result.facts["recorded_ranges"] == len(ranges) and [p.key for p in result.model.metadata_props].count(ACTIVATION_RANGES) == 1
+    produced = [o for n in model.graph.node for o in n.output]
+    assert set(produced) <= set(ranges) and "x" in ranges  # the Conv outputs too, which no Q/DQ reads
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in ("c1", "s"))
+    seen = run_session(make_session(probe), {"x": x})
+    for t in ("c1", "s"):
+        assert ranges[t]["min"] == pytest.approx(float(seen[t].min()), rel=1e-6) and ranges[t]["max"] == pytest.approx(float(seen[t].max()), rel=1e-6)
+    assert read_activation_ranges(QdqPass(QdqOptions(record_ranges=False)).run(_copy(model), _ctx(tmp_path / "feeds.npz")).model) == {}

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import helper
 
 from converter.calibration.batching import rebatch, samples_in
@@ -25,7 +26,7 @@ from converter.calibration.sources import CalibSource, Feeds
 from converter.calibration.stats import DEFAULT_BINS, NaNFound, TensorStats
 from converter.errors import PassRefused, UsageError, describe_exception
 from converter.graph_info import iter_graphs
-from converter.ort_session import make_session, run_session
+from converter.ort_session import make_session, run_session, session_options
 
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
 _UNKNOWN_DIM = 64
@@ -103,6 +104,29 @@ def calibration_model(model: onnx.ModelProto, outputs: Sequence[str], infos: dic
     return out
 
 
+_MIN, _MAX = "\x00min", "\x00max"
+"""Suffixes of the reduction outputs (a NUL byte: no ONNX model names a tensor that way)."""
+
+
+def with_extremes(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
+    """``model`` (changed in place) with ReduceMin/ReduceMax of each of ``tensors`` over all axes as extra outputs: two scalars each."""
+    wanted = set(tensors)
+    if not wanted:
+        return model
+    nodes: list[onnx.NodeProto] = []
+    for node in model.graph.node:  # each reduction right after its producer, so the tensor can be freed early
+        nodes.append(node)
+        for name in node.output:
+            if name in wanted:
+                nodes.extend(helper.make_node(op, [name], [name + suffix], keepdims=0) for op, suffix in (("ReduceMin", _MIN), ("ReduceMax", _MAX)))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    for name in tensors:
+        for suffix in (_MIN, _MAX):
+            model.graph.output.append(helper.make_tensor_value_info(name + suffix, onnx.TensorProto.FLOAT, []))
+    return model
+
+
 def check_feeds(feeds: Feeds, offset: int, where: str) -> None:
     """NaN in the user's data: exit 2 naming the input and the sample (±inf is a value: additive attention masks hold -inf)."""
     for name, value in feeds.items():
@@ -122,6 +146,7 @@ class Collector:
         tensors: Sequence[str],
         *,
         histogram: bool = True,
+        extremes_only: Sequence[str] = (),
         batch_size: int = 8,
         exact_batch: bool = False,
         budget_mib: float = 256.0,
@@ -134,10 +159,12 @@ class Collector:
         self.log = log or logging.getLogger("converter.calibration")
         self.infos = value_infos(model)
         inputs = {vi.name for vi in model.graph.input} - {t.name for t in model.graph.initializer}
+        plain = set(extremes_only)  # tensors whose min and max are enough: reduced in the graph, no histogram
         self.from_feeds = [t for t in tensors if t in inputs]
-        self.from_model = [t for t in tensors if t not in inputs]
+        self.from_model = [t for t in tensors if t not in inputs and t not in plain]
+        self.reduced = [t for t in tensors if t not in inputs and t in plain]
         self.chunks = plan_chunks(self.from_model, self.infos, batch_size, int(budget_mib * 2**20)) or [[]]
-        self.stats = {t: TensorStats(t, bins=bins, histogram=histogram) for t in tensors}
+        self.stats = {t: TensorStats(t, bins=bins, histogram=histogram and t not in plain, tolerate_nan=t in plain) for t in tensors}
 
     def run(self, source: CalibSource, limit: int | None = None) -> CollectResult:
         start = time.perf_counter()
@@ -146,7 +173,10 @@ class Collector:
         total = min(total, limit) if total is not None and limit is not None else (total if total is not None else limit)
         for index, chunk in enumerate(self.chunks):
             try:
-                session = make_session(calibration_model(self.model, chunk, self.infos)) if chunk else None
+                reduced = self.reduced if index == 0 else []
+                so = session_options()
+                so.execution_order = ort.ExecutionOrder.PRIORITY_BASED  # runs each reduction early (the default order runs them last: 5x the memory)
+                session = make_session(with_extremes(calibration_model(self.model, chunk, self.infos), reduced), options=so) if chunk or reduced else None
             except Exception as exc:  # the model (not the data): ONNX Runtime cannot build it
                 raise PassRefused(f"calibration: ONNX Runtime cannot run the model: {describe_exception(exc)}") from exc
             samples = batches = 0
@@ -184,4 +214,7 @@ class Collector:
             except Exception as exc:
                 raise PassRefused(f"calibration: ONNX Runtime failed on the calibration data: {describe_exception(exc)}") from exc
             for name, value in outputs.items():
-                self.stats[name].update(np.asarray(value))
+                if name in self.stats:
+                    self.stats[name].update(np.asarray(value))
+            for name in self.reduced if first_chunk else []:
+                self.stats[name].update(np.array([outputs[name + _MIN], outputs[name + _MAX]], dtype=np.float64))

@@ -42,6 +42,8 @@ class TensorStats:
     hist: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     infinite: int = 0
     """-inf/+inf values seen (attention masks fill with -inf): counted and left out of the range."""
+    tolerate_nan: bool = False
+    """Leave NaN out like ±inf instead of raising (tensors only observed, not quantized)."""
 
     def __post_init__(self) -> None:
         if self.bins < 2 or self.bins % 2:
@@ -68,7 +70,7 @@ class TensorStats:
         lo, hi = float(np.min(x)), float(np.max(x))
         if not (np.isfinite(lo) and np.isfinite(hi)):
             finite = np.isfinite(x)
-            if np.isnan(x).any():
+            if not self.tolerate_nan and np.isnan(x).any():
                 raise NaNFound(self.name)
             self.infinite += int(x.size - np.count_nonzero(finite))
             x = x[finite]

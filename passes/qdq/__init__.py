@@ -7,5 +7,7 @@ weight quantizer, insertion and the QAT checks are private modules of this packa
 
 from converter.passes.qdq._layout import Layout, calibration_layout
 from converter.passes.qdq._pass import MIN_OPSET, QdqOptions, QdqPass
+from converter.passes.qdq._ranges import ACTIVATION_RANGES
+from converter.passes.qdq._ranges import read as read_activation_ranges
 
-__all__ = ["MIN_OPSET", "Layout", "QdqOptions", "QdqPass", "calibration_layout"]
+__all__ = ["ACTIVATION_RANGES", "MIN_OPSET", "Layout", "QdqOptions", "QdqPass", "calibration_layout", "read_activation_ranges"]

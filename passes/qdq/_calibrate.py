@@ -73,13 +73,13 @@ def _default_trt_tag() -> str:
         return trt_version_tag("10.0.0")
 
 
-def _from_tensorrt_cache(path: str, tensors: list[str], ctx: PassContext) -> Calibrated:
+def _from_tensorrt_cache(path: str, tensors: list[str], ctx: PassContext, extra: list[str]) -> Calibrated:
     cache = import_tensorrt(path)
     missing = [t for t in tensors if t not in cache.tensors]
     if missing:
         raise UsageError(f"TensorRT calibration cache {path} lacks {len(missing)} tensors the model quantizes (e.g. {', '.join(missing[:3])}); delete it to recalibrate")
     ctx.log.warning("using TensorRT calibration cache %s as it is (%s): it carries no model or data hash", path, cache.header)
-    return Calibrated({t: cache.tensors[t] for t in tensors}, {"cache": "imported tensorrt", "cache_header": cache.header})
+    return Calibrated({t: cache.tensors[t] for t in [*tensors, *extra] if t in cache.tensors}, {"cache": "imported tensorrt", "cache_header": cache.header})
 
 
 def _observable(model: onnx.ModelProto, tensors: list[str], ctx: PassContext) -> tuple[onnx.ModelProto, list[str], dict[str, str]]:
@@ -105,16 +105,25 @@ def _save(path: str, cache: CalibrationCache, ctx: PassContext) -> str:
     return "written with the artifact (tensorrt format)"
 
 
-def calibrate(model: onnx.ModelProto, tensors: list[str], settings: CalibSettings, ctx: PassContext) -> Calibrated:
-    """Ranges (amax, min, max) of ``tensors`` over the calibration data, or from the cache."""
+def calibrate(model: onnx.ModelProto, tensors: list[str], settings: CalibSettings, ctx: PassContext, extra: list[str] | None = None) -> Calibrated:
+    """Ranges (amax, min, max) of ``tensors`` over the calibration data, or from the cache.
+
+    ``extra`` tensors are observed in the same pass over the data (min and max only: their amax is the
+    largest |x|, no histogram), and taken from a cache
+    when it holds them (a cache without them is still reused: they are only recorded, not placed).
+    """
+    extra = [t for t in extra or [] if t not in set(tensors)]
     path = settings.cache
     if path:
         ctx.side_files.check(path, CACHE, is_our_cache)  # before any work: never the input, the artifact, a folder, or a foreign file
     if path and Path(path).is_file() and not _is_json_cache(path) and is_tensorrt_file(path):
-        return _from_tensorrt_cache(path, tensors, ctx)
+        return _from_tensorrt_cache(path, tensors, ctx, extra)
     text, specs = ctx.inputs.get(CALIB_DATA), graph_inputs(model)
-    run_model, run_tensors, back = _observable(model, tensors, ctx)
-    layout = calibration_layout(run_model, settings.batch_size, run_tensors, declared_axes(text, specs), ctx)
+    run_model, run_tensors, back = _observable(model, [*tensors, *extra], ctx)
+    layout = calibration_layout(run_model, settings.batch_size, run_tensors[: len(tensors)], declared_axes(text, specs), ctx)
+    if layout.model is not run_model:  # a copy made dynamic: extra tensors it renamed are not recorded
+        produced = {o for n in layout.model.graph.node for o in n.output} | {vi.name for vi in layout.model.graph.input}
+        run_tensors = run_tensors[: len(tensors)] + [t for t in run_tensors[len(tensors) :] if t in produced]
     source = open_source(
         text, specs, allow_random=ctx.inputs.get(CALIB_RANDOM), samples=settings.samples, seed=ctx.seed, log=ctx.log,
         axes=layout.axes, run_specs=graph_inputs(layout.model),
@@ -129,15 +138,17 @@ def calibrate(model: onnx.ModelProto, tensors: list[str], settings: CalibSetting
             reason = cache.mismatch(label, *hashes) or (None if all(t in cache.tensors for t in tensors) else "it lacks tensors this placement quantizes")
             if reason is None:
                 ctx.log.info("reusing calibration cache %s (%s, %d samples)", path, label, cache.samples)
-                return Calibrated({t: cache.tensors[t] for t in tensors}, {"cache": "reused", "samples": cache.samples}, _heldout(model, source, layout, settings, limit))
+                kept = {t: cache.tensors[t] for t in [*tensors, *extra] if t in cache.tensors}
+                return Calibrated(kept, {"cache": "reused", "samples": cache.samples}, _heldout(model, source, layout, settings, limit))
             ctx.log.warning("calibration cache %s not reused: %s; recalibrating", path, reason)
     calib_model, feed_batch, exact = layout.model, layout.batch, layout.exact
-    collector = Collector(calib_model, run_tensors, histogram=settings.calibrator.needs_histogram, batch_size=feed_batch, exact_batch=exact, log=ctx.log)
+    collector = Collector(calib_model, run_tensors, histogram=settings.calibrator.needs_histogram, extremes_only=run_tensors[len(tensors) :],
+                          batch_size=feed_batch, exact_batch=exact, log=ctx.log)
     collected = collector.run(source, limit=limit)
     if collected.samples == 0:
         raise UsageError(f"--calib-data {source.description}: no samples reached the model (batch {feed_batch})")
     stats = {back.get(t, t): s for t, s in collected.stats.items()}
-    ranges = {t: TensorRange(settings.calibrator.amax(s), s.min, s.max) for t, s in stats.items()}
+    ranges = {t: TensorRange(settings.calibrator.amax(s) if s.histogram else s.amax, s.min, s.max) for t, s in stats.items()}
     facts: dict[str, Any] = {
         "samples": collected.samples,
         "batches": collected.batches,

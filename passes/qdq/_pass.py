@@ -40,6 +40,7 @@ from converter.passes.qdq._insert import Inserted
 from converter.passes.qdq._model_plan import ModelPlan, apply_plan, place_model
 from converter.passes.qdq._placement import PlacementRules
 from converter.passes.qdq._qat import activation_qdq_nodes, qat_problems
+from converter.passes.qdq._ranges import activation_tensors, record
 
 MIN_OPSET = 13
 _LISTED = 6
@@ -59,6 +60,7 @@ class QdqOptions:
     target_cosine: float | None = field(default=None, metadata=bounded(0.0, 1.0, "accuracy budget: keep the most sensitive nodes in float until the cosine of every output against the float model reaches this on held-out samples (e.g. 0.99)"))
     target_top1: float | None = field(default=None, metadata=bounded(0.0, 1.0, "accuracy budget for classifiers: top-1 agreement with the float model on held-out samples (e.g. 0.99)"))
     holdout: int = field(default=32, metadata=bounded(1, 4096, "accuracy budget: samples of the calibration data kept out of calibration to measure it on (taken after the calibration samples)"))
+    record_ranges: bool = field(default=True, metadata={"help": "also calibrate every other float activation of the main graph and record the ranges in the model's metadata (converter.qdq.activation_ranges) for backends that quantize more ops, like the ort lowering"})
     qat_check: bool = field(default=True, metadata={"help": "a model that already holds Q/DQ: fail unless every zero point is 0 and every scale finite and positive"})
 
     def __post_init__(self) -> None:
@@ -123,7 +125,8 @@ class QdqPass(Pass[QdqOptions]):
         scales: dict[str, float] = {}
         if tensors:
             settings = CalibSettings(Calibrator(o.calibrator, o.percentile), o.samples, o.batch_size, o.cache, o.holdout if o.budget else 0)
-            calibrated = calibrate(model, tensors, settings, ctx)
+            extra = [t for t in activation_tensors(model, types) if t not in set(tensors)] if o.record_ranges else []
+            calibrated = calibrate(model, tensors, settings, ctx, extra)
             facts.update(calibrated.facts)
             amax = {t: r.amax for t, r in calibrated.ranges.items()}
             unclipped = _normalization_outputs(model) & set(amax) if o.calibrator != "minmax" else set()
@@ -132,7 +135,9 @@ class QdqPass(Pass[QdqOptions]):
             if unclipped:
                 facts["unclipped_normalization_outputs"] = sorted(unclipped)
             scales = self._scales(placement, amax, set(calibrated.facts.get("not_reached", [])))
-            facts["ranges"] = {t: {"amax": r.amax, "min": r.min, "max": r.max} for t, r in calibrated.ranges.items()}
+            facts["ranges"] = {t: {"amax": r.amax, "min": r.min, "max": r.max} for t, r in calibrated.ranges.items() if t in set(tensors)}
+            if o.record_ranges:
+                facts["recorded_ranges"] = record(model, calibrated.ranges, amax, Calibrator(o.calibrator, o.percentile).label)
             if o.budget and pristine is not None and placement.nodes:
                 result = fit(pristine, placement, types, rules, scales, calibrated.heldout, o.budget, ctx.model_dir, ctx.log)
                 facts["budget"] = facts_of(result)
