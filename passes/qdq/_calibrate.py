@@ -13,6 +13,7 @@ axis 1; none for scalars, fed unchanged to every run), which ``?axes=`` override
 from __future__ import annotations
 
 import importlib.metadata
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import onnx
 
 from converter.calibration import CALIB_DATA, CALIB_RANDOM
-from converter.calibration.batching import window
+from converter.calibration.batching import rebatch, window
 from converter.calibration.cache import (
     CalibrationCache,
     TensorRange,
@@ -60,6 +61,8 @@ class Calibrated:
     facts: dict[str, Any] = field(default_factory=dict)
     heldout: list[Feeds] = field(default_factory=list)
     """Batches of held-out samples, each fitting the model as it is (its static batch, or ``batch_size``)."""
+    replay: Callable[[], Iterator[Feeds]] | None = None
+    """The calibration samples again, batched for the model as it is (bias correction runs on them)."""
 
 
 def _is_json_cache(path: str) -> bool:
@@ -139,7 +142,7 @@ def calibrate(model: onnx.ModelProto, tensors: list[str], settings: CalibSetting
             if reason is None:
                 ctx.log.info("reusing calibration cache %s (%s, %d samples)", path, label, cache.samples)
                 kept = {t: cache.tensors[t] for t in [*tensors, *extra] if t in cache.tensors}
-                return Calibrated(kept, {"cache": "reused", "samples": cache.samples}, _heldout(model, source, layout, settings, limit))
+                return Calibrated(kept, {"cache": "reused", "samples": cache.samples}, _heldout(model, source, layout, settings, limit), _replay(model, source, layout, settings, limit))
             ctx.log.warning("calibration cache %s not reused: %s; recalibrating", path, reason)
     calib_model, feed_batch, exact = layout.model, layout.batch, layout.exact
     collector = Collector(calib_model, run_tensors, histogram=settings.calibrator.needs_histogram, extremes_only=run_tensors[len(tensors) :],
@@ -168,7 +171,18 @@ def calibrate(model: onnx.ModelProto, tensors: list[str], settings: CalibSetting
         ctx.log.info("calibration: ±inf left out of the range of %d tensor(s): %s", len(infinite), ", ".join(list(infinite)[:3]))
     if path:
         facts["cache"] = _save(path, CalibrationCache(label, ranges, hashes[0], hashes[1], collected.samples), ctx)
-    return Calibrated(ranges, facts, _heldout(model, source, layout, settings, collected.samples))
+    return Calibrated(ranges, facts, _heldout(model, source, layout, settings, collected.samples), _replay(model, source, layout, settings, collected.samples))
+
+
+def _batch_for(model: onnx.ModelProto, layout: Layout, settings: CalibSettings) -> tuple[int, bool]:
+    """The batch ``model`` itself takes (not the copy made dynamic for calibration): its static batch, exactly, or ``batch_size``."""
+    static = {d for d in static_batch(model, layout.axes) if d is not None}
+    return (max(static), True) if static else (settings.batch_size, False)
+
+
+def _replay(model: onnx.ModelProto, source: CalibSource, layout: Layout, settings: CalibSettings, samples: int) -> Callable[[], Iterator[Feeds]]:
+    size, exact = _batch_for(model, layout, settings)
+    return lambda: rebatch(source, size, samples, exact)
 
 
 def _calibration_limit(source: CalibSource, settings: CalibSettings) -> int:
@@ -187,9 +201,8 @@ def _heldout(model: onnx.ModelProto, source: CalibSource, layout: Layout, settin
     """The held-out samples (after the ``start`` calibration used), batched the way ``model`` itself takes them."""
     if not settings.holdout:
         return []
-    static = {d for d in static_batch(model, layout.axes) if d is not None}
-    size = max(static) if static else settings.batch_size
-    batches = window(source, size, start, settings.holdout, exact=bool(static))
+    size, exact = _batch_for(model, layout, settings)
+    batches = window(source, size, start, settings.holdout, exact=exact)
     if not batches:
         raise UsageError(f"--calib-data {source.description}: no samples left after the {start} used for calibration to measure the accuracy budget on; "
                          "give more samples or lower qdq{samples=...}")

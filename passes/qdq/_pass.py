@@ -34,6 +34,7 @@ from converter.graph_info import iter_graphs, opset_version
 from converter.options import bounded
 from converter.pass_api import Pass, PassContext, PassResult
 from converter.passes.opset import OpsetConversionFailed, upgrade_opset
+from converter.passes.qdq._bias import correct_biases
 from converter.passes.qdq._calibrate import CalibSettings, calibrate
 from converter.passes.qdq._fit import Budget, facts_of, fit
 from converter.passes.qdq._insert import Inserted
@@ -60,6 +61,7 @@ class QdqOptions:
     target_cosine: float | None = field(default=None, metadata=bounded(0.0, 1.0, "accuracy budget: keep the most sensitive nodes in float until the cosine of every output against the float model reaches this on held-out samples (e.g. 0.99)"))
     target_top1: float | None = field(default=None, metadata=bounded(0.0, 1.0, "accuracy budget for classifiers: top-1 agreement with the float model on held-out samples (e.g. 0.99)"))
     holdout: int = field(default=32, metadata=bounded(1, 4096, "accuracy budget: samples of the calibration data kept out of calibration to measure it on (taken after the calibration samples)"))
+    bias_correction: Literal["off", "on", "all"] = field(default="off", metadata={"help": "empirical bias correction: shift each quantized Conv/Gemm's bias by its own output-mean error per channel on the calibration data (on), MatMuls too (all)"})
     record_ranges: bool = field(default=True, metadata={"help": "also calibrate every other float activation of the main graph and record the ranges in the model's metadata (converter.qdq.activation_ranges) for backends that quantize more ops, like the ort lowering"})
     qat_check: bool = field(default=True, metadata={"help": "a model that already holds Q/DQ: fail unless every zero point is 0 and every scale finite and positive"})
 
@@ -93,8 +95,11 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def _types(model: onnx.ModelProto) -> dict[str, int]:
-    return {name: vi.type.tensor_type.elem_type for name, vi in value_infos(model).items()}
+def _types(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, int]]:
+    """Element type and rank (where known) of every tensor shape inference can tell."""
+    infos = value_infos(model)
+    ranks = {name: len(vi.type.tensor_type.shape.dim) for name, vi in infos.items() if vi.type.tensor_type.HasField("shape")}
+    return {name: vi.type.tensor_type.elem_type for name, vi in infos.items()}, ranks
 
 
 class QdqPass(Pass[QdqOptions]):
@@ -112,8 +117,8 @@ class QdqPass(Pass[QdqOptions]):
             model, upgraded = self._upgrade(model, ctx)
         o = self.options
         rules = PlacementRules(o.op_types, o.exclude, o.keep_first_last, o.per_channel)
-        types = _types(model)
-        pristine = _copy(model) if o.budget else None
+        types, ranks = _types(model)
+        pristine = _copy(model) if o.budget or o.bias_correction != "off" else None
         placement = place_model(model, types, rules)
         if not placement.nodes:
             ctx.log.info("qdq: nothing to quantize (%d candidate nodes refused)", len(placement.refused))
@@ -146,6 +151,9 @@ class QdqPass(Pass[QdqOptions]):
             return PassResult(model, bool(upgraded), facts=facts, refused=placement.refused)
         inserted = apply_plan(model, placement, scales, ctx.model_dir)
         model.ir_version = max(model.ir_version, 4)  # IR 3 requires every initializer to be a graph input; the scales are not
+        if o.bias_correction != "off" and pristine is not None and tensors and calibrated.replay is not None:
+            layers = [n.name for n in placement.graphs[0].placement.nodes]
+            facts["bias_correction"] = correct_biases(pristine, model, layers, ranks, calibrated.replay, o.bias_correction == "all", ctx.log).facts()
         facts.update(self._facts(placement, inserted))
         ctx.log.info("qdq: %d nodes quantized (%d inside If/Loop/Scan bodies), %d activations, %d weights; %d candidates left float",
                      len(placement.nodes), placement.in_subgraphs(), len(scales), len(inserted.weights), len(placement.refused))

@@ -1,0 +1,98 @@
+"""qdq{bias_correction=on}: each quantized layer's own output-mean error, measured on the calibration data, moves into its bias."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from converter.ort_session import make_session, run_session, session_options
+from converter.passes.qdq import QdqOptions, QdqPass
+from tests.test_pass_qdq import _ctx
+
+
+def coarse_cnn() -> onnx.ModelProto:
+    """Conv(bias) -> Relu -> Conv(no bias) -> Relu -> Flatten -> MatMul + Add: each weight row has one outlier (a coarse int8 grid)."""
+    rng = np.random.default_rng(7)
+    w1 = rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.05
+    w1[:, 0, 0, 0] = 1.0
+    w2 = rng.standard_normal((8, 8, 3, 3)).astype(np.float32) * 0.05
+    w2[:, 0, 1, 1] = 1.0
+    wm = (rng.standard_normal((8 * 6 * 6, 5)) * 0.05).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("Flatten", ["r2"], ["f"], name="flat"),
+        helper.make_node("MatMul", ["f", "wm"], ["m"], name="head"),
+        helper.make_node("Add", ["m", "bm"], ["y"], name="head_bias"),
+    ]
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(np.zeros(8, np.float32), "b1"), numpy_helper.from_array(w2, "w2"),
+             numpy_helper.from_array(wm, "wm"), numpy_helper.from_array(np.zeros(5, np.float32), "bm")]
+    graph = helper.make_graph(nodes, "coarse", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _data(seed: int, n: int) -> np.ndarray:
+    return (3.0 + np.random.default_rng(seed).standard_normal((n, 3, 8, 8))).astype(np.float32)  # inputs with a large mean
+
+
+def _exact(model: onnx.ModelProto):
+    so = session_options()
+    so.add_session_config_entry("session.disable_quant_qdq", "1")
+    return make_session(model, options=so)
+
+
+def _probe(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    out.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names)
+    return out
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def test_bias_correction_cancels_each_layer_s_mean_error(tmp_path: Path) -> None:
+    model = coarse_cnn()
+    x = _data(0, 32)
+    np.savez(tmp_path / "cal.npz", x=x)
+    plain = QdqPass(QdqOptions(calibrator="minmax")).run(_copy(model), _ctx(tmp_path / "cal.npz"))
+    fixed = QdqPass(QdqOptions(calibrator="minmax", bias_correction="on")).run(_copy(model), _ctx(tmp_path / "cal.npz"))
+    facts = fixed.facts["bias_correction"]
+    assert facts["layers"] == 2 and set(facts["largest_shift"]) == {"conv1", "conv2"}
+    assert "head" in facts["skipped"] and "MatMul" in facts["skipped"]["head"]
+    conv2 = next(n for n in fixed.model.graph.node if n.name == "conv2")
+    assert len(conv2.input) == 3 and conv2.input[2]  # a bias input was created for it
+    # conv1 reads the graph input: its quantized output's mean per channel now equals the float one on the calibration data
+    ref = run_session(make_session(_probe(model, ["c1"])), {"x": x})["c1"].mean(axis=(0, 2, 3))
+    before = run_session(_exact(_probe(plain.model, ["c1"])), {"x": x})["c1"].mean(axis=(0, 2, 3))
+    after = run_session(_exact(_probe(fixed.model, ["c1"])), {"x": x})["c1"].mean(axis=(0, 2, 3))
+    assert np.abs(after - ref).max() < 1e-4 < np.abs(before - ref).max() / 10, (np.abs(before - ref).max(), np.abs(after - ref).max())
+    # and on held-out data the network is closer to the float one
+    held = _data(1, 32)
+    y = run_session(make_session(model), {"x": held})["y"]
+    cos_plain = _cos(y, run_session(_exact(plain.model), {"x": held})["y"])
+    cos_fixed = _cos(y, run_session(_exact(fixed.model), {"x": held})["y"])
+    assert cos_fixed > cos_plain, (cos_plain, cos_fixed)
+    onnx.checker.check_model(fixed.model, full_check=True)
+
+
+def test_bias_correction_all_includes_matmuls(tmp_path: Path) -> None:
+    np.savez(tmp_path / "cal.npz", x=_data(0, 16))
+    fixed = QdqPass(QdqOptions(calibrator="minmax", bias_correction="all")).run(coarse_cnn(), _ctx(tmp_path / "cal.npz"))
+    assert set(fixed.facts["bias_correction"]["largest_shift"]) == {"conv1", "conv2", "head"}
+    bias = numpy_helper.to_array(next(t for t in fixed.model.graph.initializer if t.name == "bm"))
+    assert np.abs(bias).max() > 0  # the head's Add constant took the correction
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
