@@ -96,3 +96,22 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     return out
+
+
+def test_scale_search_picks_amax_by_the_layer_output_error(tmp_path: Path) -> None:
+    """A calibrator that clips far too much (the 60th percentile): the search, judging the layers' outputs, widens the ranges."""
+    from converter.passes.qdq._search import candidates
+
+    assert candidates(2.0, 10.0) == sorted({2.0, 10.0, 8.0, 6.0, 4.5, 3.0, 1.6, 2.5})
+    x = _data(0, 32)
+    np.savez(tmp_path / "cal.npz", x=x)
+    model = coarse_cnn()
+    options = {"calibrator": "percentile", "percentile": 60.0}
+    plain = QdqPass(QdqOptions(**options)).run(_copy(model), _ctx(tmp_path / "cal.npz"))
+    searched = QdqPass(QdqOptions(**options, scale_search=True, search_samples=32)).run(_copy(model), _ctx(tmp_path / "cal.npz"))
+    facts = searched.facts["scale_search"]
+    assert facts["tensors_searched"] == 3 and facts["changed"] == 3, facts
+    assert all(v["error_ratio"] < 1.0 and v["amax_to"] > v["amax_from"] for v in facts["largest_gains"].values()), facts
+    held = _data(1, 32)
+    y = run_session(make_session(model), {"x": held})["y"]
+    assert _cos(y, run_session(_exact(searched.model), {"x": held})["y"]) > _cos(y, run_session(_exact(plain.model), {"x": held})["y"])

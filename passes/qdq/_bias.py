@@ -27,12 +27,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from converter.graph_edit import unique_name
-from converter.graph_info import opset_version
-from converter.ort_session import make_session, run_session, session_options
+from converter.passes.qdq._probe import Probe
 from converter.passes.qdq._weights import constant_nodes, constant_value
 
 Feeds = dict[str, np.ndarray]
@@ -133,79 +131,15 @@ def _targets(graph: onnx.GraphProto, names: set[str], ranks: dict[str, int], rep
     return out
 
 
-def _local_copy(quant: onnx.GraphProto, t: _Target, known: set[str], probe: onnx.GraphProto, inits: dict[str, onnx.TensorProto], taken: set[str]) -> str:
-    """Copy the layer of ``t`` and the Q/DQ nodes feeding it into ``probe``, reading the float model's tensors; the copy's output."""
-    producers = {o: n for n in quant.node for o in n.output}
-    renamed: dict[str, str] = {}
-
-    def local(name: str) -> str:
-        if not name or name in known:
-            return name
-        if name in renamed:
-            return renamed[name]
-        if name in inits:
-            probe.initializer.append(inits[name])
-            known.add(name)
-            return name
-        node = producers[name]
-        copy = helper.make_node(node.op_type, [local(x) for x in node.input], [], domain=node.domain)
-        copy.attribute.extend(node.attribute)
-        for o in node.output:
-            renamed[o] = unique_name(f"{o}_local", taken) if o else ""
-            copy.output.append(renamed[o])
-        probe.node.append(copy)
-        return renamed[name]
-
-    layer = helper.make_node(t.node.op_type, [local(x) for x in t.node.input], [unique_name(f"{t.output}_local", taken)], domain=t.node.domain)
-    layer.attribute.extend(t.node.attribute)
-    probe.node.append(layer)
-    return layer.output[0]
-
-
-def _reduce(graph: onnx.GraphProto, tensor: str, t: _Target, new_axes_input: bool, taken: set[str]) -> None:
-    axes = [a for a in range(t.rank) if a != t.axis]
-    name = unique_name(f"{tensor}_channel_mean", taken)
-    if new_axes_input:
-        axes_name = unique_name(f"{tensor}_mean_axes", taken)
-        graph.initializer.append(numpy_helper.from_array(np.array(axes, dtype=np.int64), axes_name))
-        graph.node.append(helper.make_node("ReduceMean", [tensor, axes_name], [name], keepdims=0))
-    else:
-        graph.node.append(helper.make_node("ReduceMean", [tensor], [name], axes=axes, keepdims=0))
-    graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [t.channels]))
-
-
-def _probe(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, targets: list[_Target]) -> tuple[onnx.ModelProto, list[tuple[str, str]]]:
-    """The float model with each layer's local quantized copy; outputs: (float mean, local mean) per target, in order."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(float_model)
-    g = probe.graph
-    del g.output[:]
-    known = {o for n in g.node for o in n.output} | {i.name for i in g.input} | {t.name for t in g.initializer}
-    taken = set(known) | {o for n in quant_model.graph.node for o in n.output} | {t.name for t in quant_model.graph.initializer}
-    inits = {t.name: t for t in quant_model.graph.initializer if t.name not in known}
-    new_axes_input = (opset_version(probe) or 13) >= 18
+def _probe(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, targets: list[_Target]) -> tuple[Probe, list[tuple[str, str]]]:
+    """The float model with each layer's local quantized copy; outputs: (float mean, local mean) per channel, per target."""
+    probe = Probe(float_model, quant_model)
     pairs = []
     for t in targets:
-        local = _local_copy(quant_model.graph, t, known, g, inits, taken)
-        before = len(g.output)
-        _reduce(g, t.output, t, new_axes_input, taken)
-        _reduce(g, local, t, new_axes_input, taken)
-        pairs.append((g.output[before].name, g.output[before + 1].name))
+        local = probe.layer(t.node)
+        axes = [a for a in range(t.rank) if a != t.axis]
+        pairs.append((probe.reduce("ReduceMean", t.output, axes, [t.channels]), probe.reduce("ReduceMean", local, axes, [t.channels])))
     return probe, pairs
-
-
-def _means(probe: onnx.ModelProto, batches: Callable[[], Iterator[Feeds]]) -> dict[str, np.ndarray]:
-    so = session_options()
-    so.execution_order = ort.ExecutionOrder.PRIORITY_BASED  # each reduction runs early: memory stays that of the float model
-    so.add_session_config_entry("session.disable_quant_qdq", "1")  # the Q/DQ arithmetic as written
-    session = make_session(probe, options=so)
-    sums: dict[str, np.ndarray] = {}
-    count = 0
-    for feeds in batches():
-        for name, value in run_session(session, feeds).items():
-            sums[name] = sums.get(name, 0.0) + np.asarray(value, dtype=np.float64)
-        count += 1
-    return {k: v / max(count, 1) for k, v in sums.items()}
 
 
 def _apply(graph: onnx.GraphProto, t: _Target, delta: np.ndarray, taken: set[str]) -> None:
@@ -237,7 +171,7 @@ def correct_biases(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, l
     if not targets:
         return report
     probe, pairs = _probe(float_model, quant_model, targets)
-    means = _means(probe, batches)
+    means = probe.run(batches)
     taken = {o for n in quant_model.graph.node for o in n.output} | {t.name for t in quant_model.graph.initializer}
     for t, (f_name, q_name) in zip(targets, pairs):
         f, q = means.get(f_name), means.get(q_name)

@@ -42,6 +42,7 @@ from converter.passes.qdq._model_plan import ModelPlan, apply_plan, place_model
 from converter.passes.qdq._placement import PlacementRules
 from converter.passes.qdq._qat import activation_qdq_nodes, qat_problems
 from converter.passes.qdq._ranges import activation_tensors, record
+from converter.passes.qdq._search import search_scales
 
 MIN_OPSET = 13
 _LISTED = 6
@@ -61,6 +62,8 @@ class QdqOptions:
     target_cosine: float | None = field(default=None, metadata=bounded(0.0, 1.0, "accuracy budget: keep the most sensitive nodes in float until the cosine of every output against the float model reaches this on held-out samples (e.g. 0.99)"))
     target_top1: float | None = field(default=None, metadata=bounded(0.0, 1.0, "accuracy budget for classifiers: top-1 agreement with the float model on held-out samples (e.g. 0.99)"))
     holdout: int = field(default=32, metadata=bounded(1, 4096, "accuracy budget: samples of the calibration data kept out of calibration to measure it on (taken after the calibration samples)"))
+    scale_search: bool = field(default=False, metadata={"help": "choose each layer input's amax among candidates by the reading layers' output error on the calibration data (one probe run)"})
+    search_samples: int = field(default=16, metadata=bounded(1, 100_000, "scale search: calibration samples it measures on"))
     bias_correction: Literal["off", "on", "all"] = field(default="off", metadata={"help": "empirical bias correction: shift each quantized Conv/Gemm's bias by its own output-mean error per channel on the calibration data (on), MatMuls too (all)"})
     record_ranges: bool = field(default=True, metadata={"help": "also calibrate every other float activation of the main graph and record the ranges in the model's metadata (converter.qdq.activation_ranges) for backends that quantize more ops, like the ort lowering"})
     qat_check: bool = field(default=True, metadata={"help": "a model that already holds Q/DQ: fail unless every zero point is 0 and every scale finite and positive"})
@@ -118,7 +121,7 @@ class QdqPass(Pass[QdqOptions]):
         o = self.options
         rules = PlacementRules(o.op_types, o.exclude, o.keep_first_last, o.per_channel)
         types, ranks = _types(model)
-        pristine = _copy(model) if o.budget or o.bias_correction != "off" else None
+        pristine = _copy(model) if o.budget or o.bias_correction != "off" or o.scale_search else None
         placement = place_model(model, types, rules)
         if not placement.nodes:
             ctx.log.info("qdq: nothing to quantize (%d candidate nodes refused)", len(placement.refused))
@@ -151,6 +154,12 @@ class QdqPass(Pass[QdqOptions]):
             return PassResult(model, bool(upgraded), facts=facts, refused=placement.refused)
         inserted = apply_plan(model, placement, scales, ctx.model_dir)
         model.ir_version = max(model.ir_version, 4)  # IR 3 requires every initializer to be a graph input; the scales are not
+        if o.scale_search and pristine is not None and tensors and calibrated.replay is not None:
+            layers = [n.name for n in placement.graphs[0].placement.nodes]
+            peaks = {t: max(abs(r.min), abs(r.max)) for t, r in calibrated.ranges.items()}
+            searched = search_scales(pristine, model, layers, amax, peaks, calibrated.replay, -(-o.search_samples // o.batch_size), ctx.log)
+            facts["scale_search"] = searched.facts()
+            inserted.activation_scales.update({t: scale_of(a) for t, (_, a) in searched.chosen.items()})
         if o.bias_correction != "off" and pristine is not None and tensors and calibrated.replay is not None:
             layers = [n.name for n in placement.graphs[0].placement.nodes]
             facts["bias_correction"] = correct_biases(pristine, model, layers, ranks, calibrated.replay, o.bias_correction == "all", ctx.log).facts()
