@@ -13,6 +13,7 @@ from converter.flags import OptionRegistry
 from converter.hookspecs import hookimpl
 from converter.passes.cleanup import CleanupPass
 from converter.passes.dynamic_batch import DynamicBatchPass
+from converter.passes.equalize import EqualizePass
 from converter.passes.fold_constants import FoldConstantsPass
 from converter.passes.fp16 import Fp16Pass
 from converter.passes.infer_shapes import InferShapesPass
@@ -33,6 +34,7 @@ def converter_register_passes(registry: PassRegistry) -> None:
     registry.add(SimplifyPass)
     registry.add(FoldConstantsPass)
     registry.add(SmoothQuantPass)
+    registry.add(EqualizePass)
     registry.add(QdqPass)
     registry.add(Fp16Pass)
     registry.add(SpecializePass)
