@@ -117,9 +117,9 @@ class Run:
         return f"exit {self.rc}: {tail[0][:100]}"
 
 
-def run_measured(argv: list[str], log: Path, *, timeout_s: float = 900.0, cap_gib: float = 0.0) -> Run:
-    """Run ``argv`` (cwd = the repository) in its own process; wall time and that process's peak RSS."""
-    env = dict(os.environ, BENCH_CWD=str(REPO))
+def run_measured(argv: list[str], log: Path, *, timeout_s: float = 900.0, cap_gib: float = 0.0, cwd: Path | None = None) -> Run:
+    """Run ``argv`` (cwd = the repository, or ``cwd``: ORT's quantization tools leave files in theirs) in its own process; wall time and that process's peak RSS."""
+    env = dict(os.environ, BENCH_CWD=str(cwd or REPO))
     launched = subprocess.run(
         [sys.executable, "-c", _LAUNCHER, str(log), str(timeout_s), str(int(cap_gib * 2**20)), *argv],
         capture_output=True, text=True, check=True, env=env,

@@ -15,6 +15,7 @@ from converter.model_io import PROTOBUF_LIMIT
 from converter.options import bounded
 from converter.ort_session import make_session, session_options
 from converter.plugins.ort._lowering import lower_for_ort_cpu
+from converter.plugins.ort._ranges import RangesError
 from converter.plugins.ort._runner import OrtRunner
 
 
@@ -34,6 +35,16 @@ class OrtOptions:
         default="auto",
         metadata={"help": "weights read with uint8 activations: s8 (u8s8 kernels, fastest where the CPU has VNNI), u8 (u8u8, exact on every x86 CPU), "
                   "auto: s8 only where this CPU's u8s8 kernels do not saturate (AVX2 without VNNI saturates); pick u8 when the target CPU differs"},
+    )
+    qdq_extend: bool = field(
+        default=True,
+        metadata={"help": "with the activation ranges qdq records: uint8 Q/DQ after every quantized Conv and through SiLU, Add, Concat, pooling, reshapes, "
+                  "so ORT fuses every quantized layer (QLinearConv) even before SiLU/HardSwish/PReLU; false: only the canonical pairs"},
+    )
+    qdq_refit: bool = field(
+        default=False,
+        metadata={"help": "with the recorded ranges, the canonical pairs too as uint8 over their calibrated [min, max] within +-amax (finer steps where a tensor "
+                  "is mostly of one sign); off by default: qdq's bias correction and budget were measured on the canonical grid (zero point 128 keeps it)"},
     )
     provider_options: str | None = field(
         default=None,
@@ -126,10 +137,20 @@ class OrtBackend(Backend[OrtOptions]):
             ctx.log.info("ort: %d inputs with initializer defaults (IR 3 style weights) become plain initializers", len(made_plain))
         lowered: list[str] = []
         weight_form = None
+        facts: dict[str, int] = {}
         if self.options.lower_qdq and any(n.op_type == "QuantizeLinear" for n in model.graph.node):
-            lowering = lower_for_ort_cpu(model, self.options.qdq_weights)
+            try:
+                lowering = lower_for_ort_cpu(model, self.options.qdq_weights, extend=self.options.qdq_extend, refit=self.options.qdq_refit)
+            except RangesError as exc:
+                raise UsageError(f"ort: {exc}; rerun the qdq pass to record them again") from exc
             model, lowered, weight_form = lowering.model, [*lowering.lowered, *lowering.shifted], lowering.weights
+            facts = {"qdq_pairs_added": len(lowering.added), "qdq_pairs_same_grid": len(lowering.same_grid), "qdq_pairs_refit": len(lowering.refit),
+                     "pads_folded_into_conv": len(lowering.folded_pads), "activation_ranges": lowering.ranges}
             ctx.log.info("ort: activation Q/DQ pairs as uint8 for ORT's fused kernels: %d after Relu/Clip (zero point 0), %d shifted (zero point 128)", len(lowering.lowered), len(lowering.shifted))
+            if (self.options.qdq_extend or self.options.qdq_refit) and not lowering.ranges:
+                ctx.log.info("ort: the model carries no activation ranges (qdq{record_ranges=true} writes them): Convs followed by SiLU, HardSwish, PReLU... stay unfused")
+            ctx.log.info("ort: %d pairs added after layers from the recorded ranges, %d given their input's grid, %d refit to their range, %d Pads folded into Convs",
+                         len(lowering.added), len(lowering.same_grid), len(lowering.refit), len(lowering.folded_pads))
         out = ctx.staging / ctx.file_name
         so = session_options(self.options.threads, self.options.opt_level)
         so.optimized_model_filepath = str(out)
@@ -159,6 +180,7 @@ class OrtBackend(Backend[OrtOptions]):
                 "portable": self.options.opt_level in ("disable", "basic", "extended"),
                 "qdq_lowered_to_uint8": len(lowered),
                 "qdq_weights": weight_form,
+                **facts,
                 "weight_inputs_made_initializers": len(made_plain),
             },
         )

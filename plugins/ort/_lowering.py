@@ -8,22 +8,24 @@ redundant, which ORT then removes (its ClipQuantFusion/ReluQuantFusion). A symme
 int8 Q spans [-amax, amax], so the activation stays; ORT falls back to float Conv with
 Q/DQ around it, slower than fp32.
 
-For every activation Q/DQ pair whose input is non-negative by construction (the output
-of Relu, or of Clip with a constant min >= 0) this lowering re-expresses the pair as
-uint8 with zero point 0 and scale amax/255: the same range [0, amax], twice the
-resolution, and the activation becomes redundant so ORT fuses the Conv. Every other
-activation pair becomes uint8 with zero point 128 and the same scale: exactly the same
-grid (q_u8 = q_s8 + 128, both saturating at the same values), in the u8 activation /
-s8 weight form ORT's CPU kernels are fastest with.
+The steps, in order, each in its own module:
 
-Weights read with a uint8 activation (by Conv, MatMul, Gemm: the ops ORT fuses into
-QLinearConv, QLinearMatMul/MatMulIntegerToFloat, QGemm) stay int8 (U8S8) where ORT's
-U8S8 kernels are exact, and become uint8 with zero point 128 (U8U8) where they saturate
-(x86-64 without VNNI; see ``_cpu``): w_u8 = w_s8 + 128, the same grid. In that form a
-float Conv/Gemm weight that ORT would quantize itself (its WeightBiasQuantization
-transformer: per-tensor int8, when the input is dequantized and the output reaches a
-QuantizeLinear through Relu/Clip only) is quantized here, per output channel, symmetric
-(scale amax/127), as uint8/128.
+1. ``_pads``: a constant zero Pad before a Conv goes into the Conv's pads.
+2. Here: for every activation Q/DQ pair whose input is non-negative by construction (the
+   output of Relu, or of Clip with a constant min >= 0) the pair is re-expressed as uint8
+   with zero point 0 and scale amax/255: the same range [0, amax], twice the resolution,
+   and the activation becomes redundant so ORT fuses the Conv. Every other activation
+   pair becomes uint8 with zero point 128 and the same scale: exactly the same grid
+   (q_u8 = q_s8 + 128, both saturating at the same values), in the u8 activation / s8
+   weight form ORT's CPU kernels are fastest with.
+3. ``_chain``: with the activation ranges ``qdq`` records in the model (``_ranges``), new
+   uint8 pairs after the quantized layers and through the ops ORT runs on uint8 (SiLU's
+   Sigmoid and Mul, Add, Concat, pooling, reshapes), so every quantized Conv fuses even
+   when a SiLU, HardSwish or PReLU follows it; with ``refit`` the pairs of step 2 are
+   re-expressed over their own calibrated range (asymmetric: finer steps where a tensor
+   is mostly of one sign, as after SiLU or HardSwish). Without ranges this step does nothing.
+4. ``_weights``: the weights read with uint8 activations, int8 where ORT's U8S8 kernels
+   are exact, uint8/128 where they saturate (x86-64 without VNNI; ``_cpu``).
 """
 
 from __future__ import annotations
@@ -35,12 +37,13 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from converter.graph_edit import replace_repeated, unique_name
+from converter.graph_edit import replace_repeated
+from converter.plugins.ort._chain import extend_chain
 from converter.plugins.ort._cpu import u8s8_is_exact
-
-_DEFAULT = ("", "ai.onnx")
-_INTEGER_OPS = ("Conv", "MatMul", "Gemm")
-"""Ops whose (activation, weight) inputs 0 and 1 ORT's CPU provider fuses into integer kernels."""
+from converter.plugins.ort._graph import GraphIndex, const_value, in_default_domain
+from converter.plugins.ort._pads import fold_pads
+from converter.plugins.ort._ranges import activation_ranges
+from converter.plugins.ort._weights import weights_to_u8
 
 WeightForm = Literal["auto", "s8", "u8"]
 """``s8``: int8 weights (U8S8 kernels); ``u8``: uint8 weights, zero point 128 (U8U8); ``auto``: ``s8`` where U8S8 is exact on this CPU."""
@@ -57,26 +60,25 @@ class Lowering:
     """The weight form chosen (``auto`` resolved): ``s8`` keeps int8 weights, ``u8`` stores them as uint8/128."""
     u8_weights: list[str] = field(default_factory=list)
     """Weight initializers now read as uint8/128: int8 ones shifted, float ones quantized per channel."""
-
-
-def _const(graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto], name: str) -> np.ndarray | None:
-    if name in inits:
-        return numpy_helper.to_array(inits[name])
-    for n in graph.node:
-        if n.op_type == "Constant" and n.output and n.output[0] == name:
-            for a in n.attribute:
-                if a.name == "value":
-                    return numpy_helper.to_array(a.t)
-    return None
+    added: list[str] = field(default_factory=list)
+    """Tensors given a new uint8 pair from their calibrated range (``_chain``)."""
+    same_grid: list[str] = field(default_factory=list)
+    """Tensors of reshapes, pooling, Split... whose pair now has their input's parameters (ORT runs the op on uint8)."""
+    refit: list[str] = field(default_factory=list)
+    """Existing pairs re-expressed over their calibrated range (asymmetric uint8)."""
+    folded_pads: list[str] = field(default_factory=list)
+    """Pad nodes folded into the Convs after them."""
+    ranges: int = 0
+    """Calibrated ranges the model carried (0: none, the pairs after layers could not be added)."""
 
 
 def _non_negative(node: onnx.NodeProto | None, graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto]) -> bool:
-    if node is None or node.domain not in _DEFAULT:
+    if node is None or not in_default_domain(node):
         return False
     if node.op_type == "Relu":
         return True
     if node.op_type == "Clip" and len(node.input) > 1 and node.input[1]:
-        low = _const(graph, inits, node.input[1])
+        low = const_value(graph, inits, node.input[1])
         return low is not None and low.size == 1 and float(low) >= 0.0
     return False
 
@@ -90,32 +92,17 @@ def resolve_weight_form(weights: WeightForm) -> Literal["s8", "u8"]:
     return weights
 
 
-def _index(g: onnx.GraphProto) -> tuple[dict[str, onnx.TensorProto], dict[str, onnx.NodeProto], dict[str, list[onnx.NodeProto]]]:
-    """Initializers by name, the producer of every value, the readers of every value."""
-    inits = {t.name: t for t in g.initializer}
-    producer = {o: n for n in g.node for o in n.output if o}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for x in n.input:
-            readers.setdefault(x, []).append(n)
-    return inits, producer, readers
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def lower_for_ort_cpu(model: onnx.ModelProto, weights: WeightForm = "auto") -> Lowering:
-    """A copy of ``model`` with its activation Q/DQ pairs in uint8; ``model`` is not changed.
-
-    ``weights`` chooses how the weights read with those activations are stored (see
-    :data:`WeightForm`); the choice made is :attr:`Lowering.weights`.
-    """
-    form = resolve_weight_form(weights)
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    g = out.graph
-    inits, producer, readers = _index(g)
-    result = Lowering(out, weights=form)
+def _pairs_to_uint8(g: onnx.GraphProto, result: Lowering) -> set[str]:
+    """Step 2: every symmetric int8 activation pair as uint8 (zero point 0 after Relu/Clip, else 128); the Q outputs retyped."""
+    index = GraphIndex.of(g)
+    inits, producer, readers = index.inits, index.producer, index.readers
     retyped: set[str] = set()
-    for q in [n for n in g.node if n.op_type == "QuantizeLinear" and n.domain in _DEFAULT and len(n.input) == 3]:
-        scale, zp = _const(g, inits, q.input[1]), _const(g, inits, q.input[2])
+    for q in [n for n in g.node if n.op_type == "QuantizeLinear" and in_default_domain(n) and len(n.input) == 3]:
+        scale, zp = const_value(g, inits, q.input[1]), const_value(g, inits, q.input[2])
         if scale is None or zp is None or scale.size != 1 or zp.dtype != np.int8 or int(zp) != 0:
             continue
         dqs = readers.get(q.output[0], [])
@@ -134,92 +121,35 @@ def lower_for_ort_cpu(model: onnx.ModelProto, weights: WeightForm = "auto") -> L
         for node in [q, *dqs]:
             node.input[1], node.input[2] = s_name, z_name
         retyped.add(base)
+    return retyped
+
+
+def lower_for_ort_cpu(model: onnx.ModelProto, weights: WeightForm = "auto", extend: bool = True, refit: bool = True) -> Lowering:
+    """A copy of ``model`` in the forms ORT's CPU kernels fuse; ``model`` is not changed.
+
+    ``weights`` chooses how the weights read with uint8 activations are stored (see
+    :data:`WeightForm`); the choice made is :attr:`Lowering.weights`. ``extend`` adds
+    pairs after the quantized layers from the ranges the model carries (``_chain``);
+    ``refit`` re-expresses the pairs already there over their ranges too.
+    Raises :class:`~converter.plugins.ort._ranges.RangesError` when those ranges are malformed.
+    """
+    form = resolve_weight_form(weights)
+    ranges = activation_ranges(model) if extend or refit else {}
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    result = Lowering(out, weights=form, ranges=len(ranges))
+    result.folded_pads = fold_pads(g)
+    retyped = _pairs_to_uint8(g, result)
+    if ranges:
+        chain = extend_chain(g, ranges, _opset(out), refit, extend)
+        result.added, result.same_grid, result.refit = chain.added, chain.same_grid, chain.refit
     if form == "u8":
-        result.u8_weights = _weights_to_u8(g)
-    if retyped or result.u8_weights:  # the Q outputs are uint8 now: drop their stale int8 annotations and the unread int8 parameters
+        result.u8_weights = weights_to_u8(g)
+    if retyped or result.u8_weights or result.folded_pads:  # the Q outputs are uint8 now: drop their stale int8 annotations and the unread parameters
         read = {x for n in g.node for x in n.input} | {i.name for i in g.input}
         gone = {t.name for t in g.initializer if t.name not in read}
-        replace_repeated(g.value_info, [v for v in g.value_info if v.name not in retyped and v.name not in gone])
+        produced = {o for n in g.node for o in n.output} | read
+        replace_repeated(g.value_info, [v for v in g.value_info if v.name not in retyped and v.name not in gone and v.name in produced])
         replace_repeated(g.initializer, [t for t in g.initializer if t.name not in gone])
     return result
-
-
-def _uint8_dq(node: onnx.NodeProto | None, graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto]) -> bool:
-    """``node`` is a DequantizeLinear of a uint8 tensor with one (per-tensor) scale."""
-    if node is None or node.op_type != "DequantizeLinear" or node.domain not in _DEFAULT or len(node.input) < 3:
-        return False
-    scale, zp = _const(graph, inits, node.input[1]), _const(graph, inits, node.input[2])
-    return scale is not None and scale.size == 1 and zp is not None and zp.dtype == np.uint8
-
-
-def _reaches_q(node: onnx.NodeProto, readers: dict[str, list[onnx.NodeProto]]) -> bool:
-    """ORT's WeightBiasQuantization condition: one reader each step, through Relu/Clip only, to a QuantizeLinear."""
-    while len(node.output) == 1 and len(readers.get(node.output[0], [])) == 1:
-        node = readers[node.output[0]][0]
-        if node.op_type == "QuantizeLinear":
-            return True
-        if node.op_type not in ("Relu", "Clip"):
-            return False
-    return False
-
-
-def _quantize_u8(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-channel quantization as uint8/128: (w / scale rounded, clamped to +-127, plus 128; scale = amax/127)."""
-    reduce = tuple(i for i in range(w.ndim) if i != axis)
-    amax = np.max(np.abs(w), axis=reduce).astype(np.float32)
-    scale = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
-    shape = [-1 if i == axis else 1 for i in range(w.ndim)]
-    q = np.clip(np.rint(w / scale.reshape(shape)), -127, 127).astype(np.int16) + 128
-    return q.astype(np.uint8), scale
-
-
-def _weights_to_u8(g: onnx.GraphProto) -> list[str]:
-    """Store the weights of Conv/MatMul/Gemm whose activation input is uint8 as uint8/128; the names of those weights.
-
-    An int8 weight read through a DequantizeLinear is shifted (w + 128, zero point + 128,
-    same scale): the DequantizeLinear's output does not change. A float Conv/Gemm weight
-    that ORT would quantize to int8 itself is quantized per output channel instead.
-    """
-    inits, producer, readers = _index(g)
-    used = set(inits) | {x for n in g.node for x in [*n.input, *n.output, n.name]} | {v.name for v in [*g.input, *g.output, *g.value_info]}
-    done: list[str] = []
-    shifted: set[str] = set()
-    new_nodes: list[onnx.NodeProto] = []
-    for node in list(g.node):
-        if node.op_type not in _INTEGER_OPS or node.domain not in _DEFAULT or len(node.input) < 2:
-            continue
-        if not _uint8_dq(producer.get(node.input[0]), g, inits):
-            continue
-        w_name = node.input[1]
-        dq = producer.get(w_name)
-        if dq is not None and dq.op_type == "DequantizeLinear" and dq.domain in _DEFAULT and dq.input[0] in inits:
-            w = numpy_helper.to_array(inits[dq.input[0]])
-            zp = _const(g, inits, dq.input[2]) if len(dq.input) > 2 and dq.input[2] else np.zeros((), np.int8)
-            if w.dtype != np.int8 or zp is None or zp.dtype != np.int8 or dq.output[0] in shifted:
-                continue
-            q_name, z_name = unique_name(f"{dq.input[0]}_u8", used), unique_name(f"{dq.input[0]}_u8_zero_point", used)
-            g.initializer.append(numpy_helper.from_array((w.astype(np.int16) + 128).astype(np.uint8), q_name))
-            g.initializer.append(numpy_helper.from_array((zp.astype(np.int16) + 128).astype(np.uint8), z_name))
-            done.append(dq.input[0])
-            dq.input[0] = q_name
-            if len(dq.input) > 2:
-                dq.input[2] = z_name
-            else:
-                dq.input.append(z_name)
-            shifted.add(dq.output[0])
-        elif node.op_type in ("Conv", "Gemm") and w_name in inits and inits[w_name].data_type == onnx.TensorProto.FLOAT and _reaches_q(node, readers):
-            w = numpy_helper.to_array(inits[w_name])
-            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-            axis = 0 if node.op_type == "Conv" or trans_b else 1
-            q, scale = _quantize_u8(w, axis)
-            q_name, s_name, z_name, dq_out = (unique_name(f"{w_name}_{part}", used) for part in ("u8", "u8_scale", "u8_zero_point", "dequantized"))
-            g.initializer.extend([numpy_helper.from_array(q, q_name), numpy_helper.from_array(scale, s_name),
-                                  numpy_helper.from_array(np.full(scale.shape, 128, np.uint8), z_name)])
-            new_nodes.append(onnx.helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [dq_out], name=unique_name(f"{w_name}_DequantizeLinear", used), axis=axis))
-            for reader in readers.get(w_name, []):  # every reader of this float weight: the same grid for all
-                if reader.op_type == node.op_type and len(reader.input) > 1 and reader.input[1] == w_name and _uint8_dq(producer.get(reader.input[0]), g, inits) and _reaches_q(reader, readers):
-                    reader.input[1] = dq_out
-            done.append(w_name)
-    if new_nodes:  # their inputs are initializers: first in topological order
-        replace_repeated(g.node, [*new_nodes, *g.node])
-    return done
