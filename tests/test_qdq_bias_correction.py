@@ -63,7 +63,7 @@ def test_bias_correction_cancels_each_layer_s_mean_error(tmp_path: Path) -> None
     model = coarse_cnn()
     x = _data(0, 32)
     np.savez(tmp_path / "cal.npz", x=x)
-    plain = QdqPass(QdqOptions(calibrator="minmax")).run(_copy(model), _ctx(tmp_path / "cal.npz"))
+    plain = QdqPass(QdqOptions(calibrator="minmax", bias_correction="off")).run(_copy(model), _ctx(tmp_path / "cal.npz"))
     fixed = QdqPass(QdqOptions(calibrator="minmax", bias_correction="on")).run(_copy(model), _ctx(tmp_path / "cal.npz"))
     facts = fixed.facts["bias_correction"]
     assert facts["layers"] == 2 and set(facts["largest_shift"]) == {"conv1", "conv2"}
@@ -106,7 +106,7 @@ def test_scale_search_picks_amax_by_the_layer_output_error(tmp_path: Path) -> No
     x = _data(0, 32)
     np.savez(tmp_path / "cal.npz", x=x)
     model = coarse_cnn()
-    options = {"calibrator": "percentile", "percentile": 60.0}
+    options = {"calibrator": "percentile", "percentile": 60.0, "bias_correction": "off"}
     plain = QdqPass(QdqOptions(**options)).run(_copy(model), _ctx(tmp_path / "cal.npz"))
     searched = QdqPass(QdqOptions(**options, scale_search=True, search_samples=32)).run(_copy(model), _ctx(tmp_path / "cal.npz"))
     facts = searched.facts["scale_search"]

@@ -50,7 +50,7 @@ _LISTED = 6
 
 @dataclass(frozen=True)
 class QdqOptions:
-    calibrator: Literal["minmax", "percentile", "entropy", "mse"] = field(default="entropy", metadata={"help": "how amax is chosen from the activations seen: minmax, percentile, entropy (TensorRT's KL search), mse"})
+    calibrator: Literal["minmax", "percentile", "entropy", "mse"] = field(default="percentile", metadata={"help": "how amax is chosen from the activations seen: percentile (default, 99.99), minmax, entropy (TensorRT's KL search), mse"})
     percentile: float = field(default=99.99, metadata=bounded(50.0, 100.0, "percentile calibrator: the percentile of |x| taken as amax"))
     op_types: tuple[str, ...] = field(default=(), metadata={"help": "more op types whose float activation inputs get Q/DQ (e.g. [MaxPool,Concat])"})
     exclude: tuple[str, ...] = field(default=(), metadata={"help": "nodes kept float: node names or op types, or glob patterns of either (e.g. [head/*,Gemm])"})
@@ -64,7 +64,7 @@ class QdqOptions:
     holdout: int = field(default=32, metadata=bounded(1, 4096, "accuracy budget: samples of the calibration data kept out of calibration to measure it on (taken after the calibration samples)"))
     scale_search: bool = field(default=False, metadata={"help": "choose each layer input's amax among candidates by the reading layers' output error on the calibration data (one probe run)"})
     search_samples: int = field(default=16, metadata=bounded(1, 100_000, "scale search: calibration samples it measures on"))
-    bias_correction: Literal["off", "on", "all"] = field(default="off", metadata={"help": "empirical bias correction: shift each quantized Conv/Gemm's bias by its own output-mean error per channel on the calibration data (on), MatMuls too (all)"})
+    bias_correction: Literal["off", "on", "all"] = field(default="on", metadata={"help": "empirical bias correction: shift each quantized Conv/Gemm's bias by its own output-mean error per channel on the calibration data (on), MatMuls too (all)"})
     record_ranges: bool = field(default=True, metadata={"help": "also calibrate every other float activation of the main graph and record the ranges in the model's metadata (converter.qdq.activation_ranges) for backends that quantize more ops, like the ort lowering"})
     qat_check: bool = field(default=True, metadata={"help": "a model that already holds Q/DQ: fail unless every zero point is 0 and every scale finite and positive"})
 

@@ -16,6 +16,7 @@ known range.
 from __future__ import annotations
 
 import json
+import math
 
 import onnx
 
@@ -42,7 +43,8 @@ def activation_tensors(model: onnx.ModelProto, types: dict[str, int]) -> list[st
 
 def record(model: onnx.ModelProto, ranges: dict[str, TensorRange], amax: dict[str, float], calibrator: str) -> int:
     """Write the ranges into the model's metadata (replacing an earlier record); how many were written."""
-    table = {t: {"min": float(r.min), "max": float(r.max), "amax": float(amax.get(t, r.amax))} for t, r in ranges.items() if r.max >= r.min}
+    table = {t: {"min": float(r.min), "max": float(r.max), "amax": float(amax.get(t, r.amax))} for t, r in ranges.items()
+             if r.min is not None and r.max is not None and math.isfinite(r.min) and math.isfinite(r.max) and r.max >= r.min}  # a TensorRT cache has amax only
     text = json.dumps({"format": FORMAT, "calibrator": calibrator, "ranges": table}, separators=(",", ":"))
     kept = [p for p in model.metadata_props if p.key != ACTIVATION_RANGES]
     del model.metadata_props[:]
