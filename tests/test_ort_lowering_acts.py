@@ -216,7 +216,7 @@ def test_fused_equals_unfused(name: str, tmp_path: Path, plugins) -> None:  # ty
     values; allowed 4 steps and 3%.
     """
     _, canonical = _canonical(name, tmp_path, plugins)
-    low, q_out = _with_last_q_exposed(lower_for_ort_cpu(canonical, weights="u8").model)
+    low, q_out = _with_last_q_exposed(lower_for_ort_cpu(canonical, weights="u8", refit=True).model)
     x = _samples(canonical, 8, 1)
     (fused, fused_q), (unfused, unfused_q) = (_session(low, u).run(None, {"x": x}) for u in (False, True))
     steps = np.abs(fused_q.astype(np.int32) - unfused_q.astype(np.int32))
@@ -235,10 +235,10 @@ def test_error_stays_that_of_the_canonical_graph(name: str, tmp_path: Path, plug
     ref = _run(model, x)
     canon = _run(canonical, x, unfused=True)
     canon_err = 1 - cosine(canon, ref)
-    lowered = _run(lower_for_ort_cpu(canonical).model, x)
+    lowered = _run(lower_for_ort_cpu(canonical, refit=True).model, x)
     assert 1 - cosine(lowered, ref) <= 1.5 * canon_err + 1e-6
     assert cosine(lowered, canon) >= 0.999
-    same_grid = lower_for_ort_cpu(canonical, refit=False)
+    same_grid = lower_for_ort_cpu(canonical)  # refit is off by default
     kept = {n.input[0]: n for n in same_grid.model.graph.node if n.op_type == "QuantizeLinear"}
     inits = {t.name: numpy_helper.to_array(t) for t in same_grid.model.graph.initializer}
     for t in set(same_grid.shifted) - set(same_grid.same_grid):  # after MaxPool, reshapes...: the grid of the op's input
@@ -276,10 +276,10 @@ def test_a_layer_qdq_kept_float_stays_float(tmp_path: Path, plugins) -> None:  #
 
 def test_without_ranges_nothing_is_added(tmp_path: Path, plugins) -> None:  # type: ignore[no-untyped-def]
     _, canonical = _canonical("conv_silu", tmp_path, plugins)
-    refit_only = lower_for_ort_cpu(canonical, extend=False)
+    refit_only = lower_for_ort_cpu(canonical, extend=False, refit=True)
     assert refit_only.added == [] and refit_only.refit, "extend=False: the pairs there are refit, none added"
     del canonical.metadata_props[:]
-    low = lower_for_ort_cpu(canonical)
+    low = lower_for_ort_cpu(canonical, refit=True)
     assert (low.ranges, low.added, low.refit) == (0, [], [])
 
 

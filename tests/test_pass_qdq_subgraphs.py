@@ -299,3 +299,21 @@ def test_ranges_of_every_activation_are_recorded_for_backends(tmp_path: Path) ->
     for t in ("c1", "s"):
         assert ranges[t]["min"] == pytest.approx(float(seen[t].min()), rel=1e-6) and ranges[t]["max"] == pytest.approx(float(seen[t].max()), rel=1e-6)
     assert read_activation_ranges(QdqPass(QdqOptions(record_ranges=False)).run(_copy(model), _ctx(tmp_path / "feeds.npz")).model) == {}
+
+
+def test_op_types_win_over_the_float_recipe_and_pooling_is_not_a_layernorm(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "feeds.npz", x=rng.standard_normal((16, 6, 16)).astype(np.float32), mask=np.zeros((16, 1, 6), np.float32))
+    result = QdqPass(QdqOptions(op_types=("Softmax",))).run(attention_model(), _ctx(tmp_path / "feeds.npz"))
+    assert "softmax" in result.facts["nodes"] and not any(r.startswith("softmax (Softmax)") for r in result.refused)
+    # a CNN's residual Add read by ReduceMean as global pooling stays a residual Add to quantize
+    model = onnx.parser.parse_model("""
+<ir_version: 8, opset_import: ["" : 17]>
+net (float[N, 4, 6, 6] x) => (float[N, 4] y) <float[4, 4, 1, 1] w = {1,0,0,0,0,1,0,0,0,0,1,0,0,0,0,1}> {
+    c = Conv(x, w)
+    s = Add(c, x)
+    y = ReduceMean <axes = [2, 3], keepdims = 0> (s)
+}""")
+    np.savez(tmp_path / "cnn.npz", x=rng.standard_normal((8, 4, 6, 6)).astype(np.float32))
+    cnn = QdqPass(QdqOptions()).run(model, _ctx(tmp_path / "cnn.npz"))
+    assert cnn.facts["quantized_ops"] == {"Conv": 1, "Add": 1}, cnn.refused

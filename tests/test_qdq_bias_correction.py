@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from converter.ort_session import make_session, run_session, session_options
@@ -115,3 +116,42 @@ def test_scale_search_picks_amax_by_the_layer_output_error(tmp_path: Path) -> No
     held = _data(1, 32)
     y = run_session(make_session(model), {"x": held})["y"]
     assert _cos(y, run_session(_exact(searched.model), {"x": held})["y"]) > _cos(y, run_session(_exact(plain.model), {"x": held})["y"])
+
+
+def test_unnamed_layers_are_corrected_and_searched_too(tmp_path: Path) -> None:
+    model = coarse_cnn()
+    for n in model.graph.node:
+        n.name = ""
+    np.savez(tmp_path / "cal.npz", x=_data(0, 16))
+    result = QdqPass(QdqOptions(calibrator="minmax", scale_search=True)).run(model, _ctx(tmp_path / "cal.npz"))
+    assert result.facts["bias_correction"]["layers"] == 2 and result.facts["scale_search"]["tensors_searched"] == 3
+
+
+def test_a_broadcast_gemm_bias_is_skipped_not_a_crash(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    graph = helper.make_graph([helper.make_node("Gemm", ["x", "w", "c"], ["y"], name="gemm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+                              initializer=[numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "w"), numpy_helper.from_array(np.array([0.5], np.float32), "c")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    np.savez(tmp_path / "cal.npz", x=rng.standard_normal((16, 8)).astype(np.float32))
+    result = QdqPass(QdqOptions()).run(model, _ctx(tmp_path / "cal.npz"))
+    assert "broadcast" in result.facts["bias_correction"]["skipped"]["gemm"]
+
+
+def test_recorded_ranges_leave_out_infinities(tmp_path: Path) -> None:
+    """A tensor that holds -inf (a mask) gets its finite range recorded, not [-inf, max] nor a collapsed one."""
+    from converter.passes.qdq import read_activation_ranges
+
+    graph = helper.make_graph([helper.make_node("Add", ["x", "mask"], ["a"], name="masked"), helper.make_node("Relu", ["a"], ["r"], name="relu"),
+                               helper.make_node("MatMul", ["r", "w"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]), helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                              initializer=[numpy_helper.from_array(np.ones((4, 3), np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    x = np.random.default_rng(0).standard_normal((16, 4)).astype(np.float32)
+    mask = np.zeros((16, 4), np.float32)
+    mask[:, 3] = -np.inf
+    np.savez(tmp_path / "cal.npz", x=x, mask=mask)
+    result = QdqPass(QdqOptions()).run(model, _ctx(tmp_path / "cal.npz"))
+    ranges = read_activation_ranges(result.model)
+    assert ranges["a"]["min"] == pytest.approx(float(x[:, :3].min())) and ranges["a"]["max"] == pytest.approx(float(x[:, :3].max()))

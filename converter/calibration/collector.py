@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from converter.calibration.batching import rebatch, samples_in
 from converter.calibration.sources import CalibSource, Feeds
 from converter.calibration.stats import DEFAULT_BINS, NaNFound, TensorStats
 from converter.errors import PassRefused, UsageError, describe_exception
+from converter.graph_edit import replace_repeated
 from converter.graph_info import iter_graphs
 from converter.ort_session import make_session, run_session, session_options
 
@@ -105,6 +106,7 @@ def calibration_model(model: onnx.ModelProto, outputs: Sequence[str], infos: dic
 
 
 _MIN, _MAX = "\x00min", "\x00max"
+_BIG, _NEG_BIG = "\x00float_max", "\x00float_lowest"
 """Suffixes of the reduction outputs (a NUL byte: no ONNX model names a tensor that way)."""
 
 
@@ -113,15 +115,22 @@ def with_extremes(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelP
     wanted = set(tensors)
     if not wanted:
         return model
+    big = np.finfo(np.float32).max
+    model.graph.initializer.extend([numpy_helper.from_array(np.array(big, np.float32), _BIG), numpy_helper.from_array(np.array(-big, np.float32), _NEG_BIG)])
     nodes: list[onnx.NodeProto] = []
     for node in model.graph.node:  # each reduction right after its producer, so the tensor can be freed early
         nodes.append(node)
         for name in node.output:
-            if name in wanted:
-                nodes.extend(helper.make_node(op, [name], [name + suffix], keepdims=0) for op, suffix in (("ReduceMin", _MIN), ("ReduceMax", _MAX)))
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    for name in tensors:
+            if name in wanted:  # ±inf (masks) left out: replaced by the other end's extreme before reducing
+                nodes.extend([
+                    helper.make_node("IsInf", [name], [name + "\x00inf"]),
+                    helper.make_node("Where", [name + "\x00inf", _BIG, name], [name + "\x00lo"]),
+                    helper.make_node("Where", [name + "\x00inf", _NEG_BIG, name], [name + "\x00hi"]),
+                    helper.make_node("ReduceMin", [name + "\x00lo"], [name + _MIN], keepdims=0),
+                    helper.make_node("ReduceMax", [name + "\x00hi"], [name + _MAX], keepdims=0),
+                ])
+    replace_repeated(model.graph.node, nodes)
+    for name in dict.fromkeys(tensors):
         for suffix in (_MIN, _MAX):
             model.graph.output.append(helper.make_tensor_value_info(name + suffix, onnx.TensorProto.FLOAT, []))
     return model
@@ -217,4 +226,6 @@ class Collector:
                 if name in self.stats:
                     self.stats[name].update(np.asarray(value))
             for name in self.reduced if first_chunk else []:
-                self.stats[name].update(np.array([outputs[name + _MIN], outputs[name + _MAX]], dtype=np.float64))
+                lo, hi = float(outputs[name + _MIN]), float(outputs[name + _MAX])
+                if lo <= hi:  # else every value was ±inf (or NaN: left out for these observed-only tensors)
+                    self.stats[name].update(np.array([lo, hi], dtype=np.float64))

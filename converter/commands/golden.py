@@ -13,7 +13,7 @@ from converter.artifacts import artifact_from_disk
 from converter.backend_api import Artifact
 from converter.command_api import Command, emit_json
 from converter.convert_job import model_precision
-from converter.errors import EXIT_OK, BackendUnavailable, CheckFailed
+from converter.errors import EXIT_OK, BackendUnavailable, CheckFailed, UsageError, describe_exception
 from converter.feeds import check_feeds, load_npz, parse_shapes, seeded_feeds
 from converter.golden import DataSet, check_case, load_case, record_case
 from converter.graph_info import graph_inputs, graph_outputs
@@ -87,7 +87,10 @@ def check(args: argparse.Namespace, plugins: Plugins) -> int:
 def artifact_precision(artifact: Artifact) -> str:
     """The tolerance class an artifact is judged by: its graph's (an .onnx), else its manifest's pipeline's."""
     if artifact.path.suffix == ".onnx":
-        return model_precision(onnx.load(str(artifact.path), load_external_data=False))
+        try:
+            return model_precision(onnx.load(str(artifact.path), load_external_data=False))
+        except Exception as exc:  # protobuf's DecodeError and friends: not an ONNX file
+            raise UsageError(f"{artifact.path}: not a readable ONNX model ({describe_exception(exc, 120)}); pass --precision to check it anyway") from exc
     pipeline = str(artifact.manifest.get("pipeline") or "")
     return "int8" if re.search(r"(^|,)\s*qdq\b", pipeline) else "fp16" if re.search(r"(^|,)\s*fp16\b", pipeline) else "fp32"
 

@@ -99,33 +99,37 @@ def _targets(graph: onnx.GraphProto, names: set[str], ranks: dict[str, int], rep
     consts = _consts(graph)
     out = []
     for node in graph.node:
-        if node.name not in names or node.op_type not in ("Conv", "Gemm", "MatMul"):
+        if not node.output or node.output[0] not in names or node.op_type not in ("Conv", "Gemm", "MatMul"):
             continue
         y = node.output[0]
         if node.op_type in ("Conv", "Gemm"):
             shape = _weight_rank(graph, node, producers)
             if shape is None:
-                report.skipped[node.name] = "weight shape unknown"
+                report.skipped[node.name or y] = "weight shape unknown"
                 continue
             bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
-            if bias is not None and (bias not in consts or sum(1 for r in readers.get(bias, [])) > 1):
-                report.skipped[node.name] = "bias is not a constant of its own"
+            if bias is not None and (bias not in consts or len(readers.get(bias, [])) > 1):
+                report.skipped[node.name or y] = "bias is not a constant of its own"
+                continue
+            value = _const_value(graph, bias) if bias is not None else None
+            if bias is not None and (value is None or value.size != shape[1]):
+                report.skipped[node.name or y] = "bias is not one value per output channel (a broadcast Gemm C): not corrected"
                 continue
             out.append(_Target(node, y, 1, shape[0], bias, shape[1]))
             continue
         if not matmul:
-            report.skipped[node.name] = ("MatMul: not corrected (a transformer's MatMuls read clipped outlier activations; spreading their mean shift "
+            report.skipped[node.name or y] = ("MatMul: not corrected (a transformer's MatMuls read clipped outlier activations; spreading their mean shift "
                                          "over every token hurt: MiniLM-L6 cosine 0.97 -> 0.08); qdq{bias_correction=all} includes them")
             continue
         adds = readers.get(y, [])
         rank = ranks.get(y, 0)
         if len(adds) != 1 or adds[0].op_type != "Add" or rank < 2:
-            report.skipped[node.name] = "MatMul without a bias Add of its own (or of unknown rank): nothing to correct"
+            report.skipped[node.name or y] = "MatMul without a bias Add of its own (or of unknown rank): nothing to correct"
             continue
         other = next((x for x in adds[0].input if x != y), None)
         value = _const_value(graph, other) if other in consts else None
         if value is None or value.ndim != 1 or len(readers.get(other, [])) > 1:
-            report.skipped[node.name] = "the Add after it has no 1-D constant bias of its own"
+            report.skipped[node.name or y] = "the Add after it has no 1-D constant bias of its own"
             continue
         out.append(_Target(node, y, rank - 1, rank, other, value.shape[0]))
     return out
@@ -133,7 +137,7 @@ def _targets(graph: onnx.GraphProto, names: set[str], ranks: dict[str, int], rep
 
 def _probe(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, targets: list[_Target]) -> tuple[Probe, list[tuple[str, str]]]:
     """The float model with each layer's local quantized copy; outputs: (float mean, local mean) per channel, per target."""
-    probe = Probe(float_model, quant_model)
+    probe = Probe(float_model, quant_model, "qdq bias correction")
     pairs = []
     for t in targets:
         local = probe.layer(t.node)
@@ -164,7 +168,7 @@ def _apply(graph: onnx.GraphProto, t: _Target, delta: np.ndarray, taken: set[str
 
 def correct_biases(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, layers: list[str], ranks: dict[str, int],
                    batches: Callable[[], Iterator[Feeds]], matmul: bool = False, log: logging.Logger | None = None) -> BiasReport:
-    """Shift the biases of ``layers`` (main-graph node names) in ``quant_model`` (in place) by each one's own measured output-mean error."""
+    """Shift the biases of ``layers`` (the output tensors of main-graph layers) in ``quant_model`` (in place) by each one's own measured output-mean error."""
     log = log or logging.getLogger(__name__)
     report = BiasReport()
     targets = _targets(quant_model.graph, set(layers), ranks, report, matmul)

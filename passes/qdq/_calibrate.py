@@ -63,6 +63,8 @@ class Calibrated:
     """Batches of held-out samples, each fitting the model as it is (its static batch, or ``batch_size``)."""
     replay: Callable[[], Iterator[Feeds]] | None = None
     """The calibration samples again, batched for the model as it is (bias correction runs on them)."""
+    replay_batch: int = 1
+    """Samples in each batch ``replay`` yields (the last one may hold fewer)."""
 
 
 def _is_json_cache(path: str) -> bool:
@@ -142,7 +144,8 @@ def calibrate(model: onnx.ModelProto, tensors: list[str], settings: CalibSetting
             if reason is None:
                 ctx.log.info("reusing calibration cache %s (%s, %d samples)", path, label, cache.samples)
                 kept = {t: cache.tensors[t] for t in [*tensors, *extra] if t in cache.tensors}
-                return Calibrated(kept, {"cache": "reused", "samples": cache.samples}, _heldout(model, source, layout, settings, limit), _replay(model, source, layout, settings, limit))
+                return Calibrated(kept, {"cache": "reused", "samples": cache.samples}, _heldout(model, source, layout, settings, limit),
+                                  _replay(model, source, layout, settings, limit), _batch_for(model, layout, settings)[0])
             ctx.log.warning("calibration cache %s not reused: %s; recalibrating", path, reason)
     calib_model, feed_batch, exact = layout.model, layout.batch, layout.exact
     collector = Collector(calib_model, run_tensors, histogram=settings.calibrator.needs_histogram, extremes_only=run_tensors[len(tensors) :],
@@ -171,7 +174,8 @@ def calibrate(model: onnx.ModelProto, tensors: list[str], settings: CalibSetting
         ctx.log.info("calibration: ±inf left out of the range of %d tensor(s): %s", len(infinite), ", ".join(list(infinite)[:3]))
     if path:
         facts["cache"] = _save(path, CalibrationCache(label, ranges, hashes[0], hashes[1], collected.samples), ctx)
-    return Calibrated(ranges, facts, _heldout(model, source, layout, settings, collected.samples), _replay(model, source, layout, settings, collected.samples))
+    return Calibrated(ranges, facts, _heldout(model, source, layout, settings, collected.samples), _replay(model, source, layout, settings, collected.samples),
+                      _batch_for(model, layout, settings)[0])
 
 
 def _batch_for(model: onnx.ModelProto, layout: Layout, settings: CalibSettings) -> tuple[int, bool]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import onnx
 
+from converter.errors import PassRefused
 from converter.passes.qdq._budget import BudgetResult, Feeds, Metric, fit_budget
 from converter.passes.qdq._model_plan import ModelPlan, apply_plan, place_model
 from converter.passes.qdq._placement import PlacementRules
@@ -65,7 +66,10 @@ def fit(float_model: onnx.ModelProto, plan: ModelPlan, types: dict[str, int], ru
     """Measure, choose the nodes to keep float, and drop them from ``plan`` (each with its measured cost)."""
     build = _builder(float_model, plan, types, rules, scales, model_dir)
     names = [n.name for n in plan.nodes]
-    result = fit_budget(float_model, build, names, lambda: iter(heldout), budget.target, budget.metric, log)
+    try:
+        result = fit_budget(float_model, build, names, lambda: iter(heldout), budget.target, budget.metric, log)
+    except ValueError as exc:  # the model or data cannot be measured this way (e.g. top-1 of a scalar output)
+        raise PassRefused(f"qdq accuracy budget: {exc}") from exc
     what = "cosine" if budget.metric == "cosine" else "top-1 agreement"
     reasons = {name: f"accuracy budget ({what} >= {budget.target}): quantizing it alone costs {cost:.4g} {what} on {result.samples} held-out samples"
                for name, cost in result.kept_float.items()}

@@ -29,7 +29,7 @@ import onnx
 
 from converter.calibration.calibrators import Calibrator, scale_of
 from converter.calibration.collector import value_infos
-from converter.errors import PassRefused
+from converter.errors import PassRefused, UsageError
 from converter.graph_info import iter_graphs, opset_version
 from converter.options import bounded
 from converter.pass_api import Pass, PassContext, PassResult
@@ -138,14 +138,17 @@ class QdqPass(Pass[QdqOptions]):
             facts.update(calibrated.facts)
             amax = {t: r.amax for t, r in calibrated.ranges.items()}
             unclipped = _normalization_outputs(model) & set(amax) if o.calibrator != "minmax" else set()
-            for t in unclipped:  # outlier channels of LayerNorm outputs carry meaning: never clipped
-                amax[t] = max(abs(calibrated.ranges[t].min), abs(calibrated.ranges[t].max))
+            for t in unclipped:  # outlier channels of LayerNorm outputs carry meaning: never clipped (a TensorRT cache has amax only)
+                r = calibrated.ranges[t]
+                amax[t] = max(abs(r.min), abs(r.max)) if r.min is not None and r.max is not None else r.amax
             if unclipped:
                 facts["unclipped_normalization_outputs"] = sorted(unclipped)
             scales = self._scales(placement, amax, set(calibrated.facts.get("not_reached", [])))
             facts["ranges"] = {t: {"amax": r.amax, "min": r.min, "max": r.max} for t, r in calibrated.ranges.items() if t in set(tensors)}
             if o.record_ranges:
                 facts["recorded_ranges"] = record(model, calibrated.ranges, amax, Calibrator(o.calibrator, o.percentile).label)
+            if o.budget and not calibrated.heldout:
+                raise UsageError("qdq{target_cosine|target_top1} measures on held-out samples of --calib-data; a TensorRT calibration cache carries no samples")
             if o.budget and pristine is not None and placement.nodes:
                 result = fit(pristine, placement, types, rules, scales, calibrated.heldout, o.budget, ctx.model_dir, ctx.log)
                 facts["budget"] = facts_of(result)
@@ -155,13 +158,18 @@ class QdqPass(Pass[QdqOptions]):
         inserted = apply_plan(model, placement, scales, ctx.model_dir)
         model.ir_version = max(model.ir_version, 4)  # IR 3 requires every initializer to be a graph input; the scales are not
         if o.scale_search and pristine is not None and tensors and calibrated.replay is not None:
-            layers = [n.name for n in placement.graphs[0].placement.nodes]
+            layers = [pristine.graph.node[n.index].output[0] for n in placement.graphs[0].placement.nodes]
             peaks = {t: max(abs(r.min), abs(r.max)) for t, r in calibrated.ranges.items()}
-            searched = search_scales(pristine, model, layers, amax, peaks, calibrated.replay, -(-o.search_samples // o.batch_size), ctx.log)
+            searched = search_scales(pristine, model, layers, amax, peaks, calibrated.replay, -(-o.search_samples // calibrated.replay_batch), ctx.log)
             facts["scale_search"] = searched.facts()
             inserted.activation_scales.update({t: scale_of(a) for t, (_, a) in searched.chosen.items()})
-        if o.bias_correction != "off" and pristine is not None and tensors and calibrated.replay is not None:
-            layers = [n.name for n in placement.graphs[0].placement.nodes]
+            if searched.chosen and o.record_ranges:
+                amax.update({t: a for t, (_, a) in searched.chosen.items()})
+                record(model, calibrated.ranges, amax, Calibrator(o.calibrator, o.percentile).label)
+        if (o.bias_correction != "off" or o.scale_search) and tensors and calibrated.replay is None:
+            facts["bias_correction"] = "skipped: the ranges came from a TensorRT cache, there is no data to measure on"
+        elif o.bias_correction != "off" and pristine is not None and tensors:
+            layers = [pristine.graph.node[n.index].output[0] for n in placement.graphs[0].placement.nodes]
             facts["bias_correction"] = correct_biases(pristine, model, layers, ranks, calibrated.replay, o.bias_correction == "all", ctx.log).facts()
         facts.update(self._facts(placement, inserted))
         ctx.log.info("qdq: %d nodes quantized (%d inside If/Loop/Scan bodies), %d activations, %d weights; %d candidates left float",

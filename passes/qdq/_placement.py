@@ -148,26 +148,26 @@ _FLOAT_OPS = {
 _NORM_READERS = {"LayerNormalization": "LayerNormalization", "ReduceMean": "a decomposed LayerNorm (ReduceMean)", "Softmax": "Softmax"}
 
 
-def _readers(graph: onnx.GraphProto) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
+def _readers(graph: onnx.GraphProto) -> dict[str, list[tuple[str, onnx.NodeProto]]]:
+    out: dict[str, list[tuple[str, onnx.NodeProto]]] = {}
     for n in graph.node:
         for x in n.input:
-            out.setdefault(x, []).append(n.op_type)
+            out.setdefault(x, []).append((n.op_type, n))
     return out
 
 
 _RESIDUAL_PRODUCERS = {*LAYER_OPS, "BatchNormalization"}
 
 
-def _add_kept_float(node: onnx.NodeProto, readers: dict[str, list[str]], producers: dict[str, str]) -> str | None:
+def _add_kept_float(node: onnx.NodeProto, readers: dict[str, list[tuple[str, onnx.NodeProto]]], producers: dict[str, str]) -> str | None:
     """Why a two-activation Add is not a residual Add to quantize.
 
     TensorRT fuses a residual Add into the Conv/Gemm that produces one of its inputs; an Add
     with no such producer (e.g. of two squares in an STFT magnitude) gains nothing from int8,
     and one that feeds normalization or Softmax (transformers) stays float by the BERT recipe.
     """
-    for op in readers.get(node.output[0], []):
-        if op in _NORM_READERS:
+    for op, reader in readers.get(node.output[0], []):
+        if op in _NORM_READERS and (op != "ReduceMean" or _decomposed_norm(reader, readers)):
             what = "an attention mask added before Softmax" if op == "Softmax" else f"a residual Add feeding {_NORM_READERS[op]}"
             return f"{what}: stays float (TensorRT's transformer recipe: the normalization path runs in float)"
     if not any(producers.get(x) in _RESIDUAL_PRODUCERS for x in node.input):
@@ -175,9 +175,9 @@ def _add_kept_float(node: onnx.NodeProto, readers: dict[str, list[str]], produce
     return None
 
 
-def _decomposed_norm(node: onnx.NodeProto, readers: dict[str, list[str]]) -> bool:
+def _decomposed_norm(node: onnx.NodeProto, readers: dict[str, list[tuple[str, onnx.NodeProto]]]) -> bool:
     """ReduceMean(x) read by Sub (x - mean): the first node of a LayerNorm exported as primitive ops."""
-    return node.op_type == "ReduceMean" and "Sub" in readers.get(node.output[0], [])
+    return node.op_type == "ReduceMean" and any(op == "Sub" for op, _ in readers.get(node.output[0], []))
 
 
 def place(graph: onnx.GraphProto, types: dict[str, int], constants: dict[str, tuple[int, int]], rules: PlacementRules, prefix: str = "") -> Placement:
@@ -189,7 +189,7 @@ def place(graph: onnx.GraphProto, types: dict[str, int], constants: dict[str, tu
     placement = Placement([], [])
     for index, node in enumerate(graph.node):
         label = node.name or f"{prefix}{node.op_type}_{index}"
-        if node.op_type in _FLOAT_OPS or _decomposed_norm(node, readers):
+        if node.op_type not in rules.op_types and (node.op_type in _FLOAT_OPS or _decomposed_norm(node, readers)):
             why = _FLOAT_OPS.get(node.op_type) or "a decomposed LayerNorm: normalization runs in float (TensorRT's transformer recipe)"
             placement.refused.append(f"{label} ({node.op_type}): {why}")
             continue

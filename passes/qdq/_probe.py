@@ -19,6 +19,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
+from converter.errors import PassRefused, describe_exception
 from converter.graph_edit import unique_name
 from converter.graph_info import opset_version
 from converter.ort_session import make_session, run_session, session_options
@@ -27,7 +28,8 @@ Feeds = dict[str, np.ndarray]
 
 
 class Probe:
-    def __init__(self, float_model: onnx.ModelProto, quant_model: onnx.ModelProto) -> None:
+    def __init__(self, float_model: onnx.ModelProto, quant_model: onnx.ModelProto, purpose: str = "qdq") -> None:
+        self.purpose = purpose
         self.model = onnx.ModelProto()
         self.model.CopyFrom(float_model)
         self.graph = self.model.graph
@@ -96,11 +98,14 @@ class Probe:
         so = session_options()
         so.execution_order = ort.ExecutionOrder.PRIORITY_BASED  # reductions right after their inputs: memory of the float model
         so.add_session_config_entry("session.disable_quant_qdq", "1")  # the Q/DQ arithmetic as written
-        session = make_session(self.model, options=so)
-        sums: dict[str, np.ndarray] = {}
-        count = 0
-        for feeds in batches():
-            for name, value in run_session(session, feeds).items():
-                sums[name] = sums.get(name, 0.0) + np.asarray(value, dtype=np.float64)
-            count += 1
+        try:
+            session = make_session(self.model, options=so)
+            sums: dict[str, np.ndarray] = {}
+            count = 0
+            for feeds in batches():
+                for name, value in run_session(session, feeds).items():
+                    sums[name] = sums.get(name, 0.0) + np.asarray(value, dtype=np.float64)
+                count += 1
+        except Exception as exc:  # ORT's many error types: one line, naming what was measured
+            raise PassRefused(f"{self.purpose}: ONNX Runtime cannot run the probe model: {describe_exception(exc)}") from exc
         return {k: v / max(count, 1) for k, v in sums.items()}

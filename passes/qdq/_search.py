@@ -51,7 +51,7 @@ def candidates(amax: float, peak: float) -> list[float]:
     return sorted(v for v in values if v > 0)
 
 
-def _act_q(quant: onnx.GraphProto, dq_out: str, producers: dict[str, onnx.NodeProto]) -> tuple[str, onnx.NodeProto] | None:
+def _act_q(dq_out: str, producers: dict[str, onnx.NodeProto]) -> tuple[str, onnx.NodeProto] | None:
     """(float tensor, its QuantizeLinear) behind the DequantizeLinear output ``dq_out``, when it is an activation pair."""
     dq = producers.get(dq_out)
     if dq is None or dq.op_type != "DequantizeLinear":
@@ -64,7 +64,7 @@ def _act_q(quant: onnx.GraphProto, dq_out: str, producers: dict[str, onnx.NodePr
 
 def search_scales(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, layers: list[str], amax: dict[str, float], peaks: dict[str, float],
                   batches: Callable[[], Iterator[Feeds]], samples_batches: int, log: logging.Logger | None = None) -> SearchReport:
-    """Choose the activation amax of ``layers``' input 0 (main graph) by their output error, and write it into ``quant_model``'s scales."""
+    """Choose the activation amax of ``layers``' input 0 (layers named by their output tensors, main graph) by their output error, and write it into ``quant_model``'s scales."""
     log = log or logging.getLogger(__name__)
     report = SearchReport()
     q = quant_model.graph
@@ -73,14 +73,14 @@ def search_scales(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, la
     readers: dict[str, list[onnx.NodeProto]] = {}
     qnodes: dict[str, onnx.NodeProto] = {}
     for node in q.node:
-        if node.name in names and node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and node.input:
-            found = _act_q(q, node.input[0], producers)
+        if node.output and node.output[0] in names and node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and node.input:
+            found = _act_q(node.input[0], producers)
             if found and found[0] in amax and peaks.get(found[0], 0.0) > 0:
                 readers.setdefault(found[0], []).append(node)
                 qnodes[found[0]] = found[1]
     if not readers:
         return report
-    probe = Probe(float_model, quant_model)
+    probe = Probe(float_model, quant_model, "qdq scale search")
     errors: dict[tuple[str, float], list[str]] = {}
     zero = probe.constant(np.array(0, dtype=np.int8), "search_zero_point")
     for tensor, nodes in readers.items():

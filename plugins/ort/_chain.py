@@ -24,9 +24,13 @@ its output with zero point 0 (and inside the Clip's max), which ORT's selectors 
 drop as redundant. Layers stay as ``qdq`` left them: only a layer whose inputs 0 and 1
 are already dequantized counts (a layer ``qdq`` kept float stays float). An op fuses
 only when all its outputs have a pair, so every reader of a paired tensor reads the
-DequantizeLinear. A new pair on anything but a Conv is kept only where some reader of it
-fuses (repeated until nothing changes), so pairs are added where they turn float work
-into integer kernels, not at the float edges of the graph. Graph outputs stay float.
+DequantizeLinear, except a layer ``qdq`` left float (its weight, input 1, is not read
+through a DequantizeLinear: ``exclude=``, ``keep_first_last``, the accuracy budget): it
+keeps reading the float tensor, and the op before it then runs float in ORT. A new pair
+on anything but a Conv, or on a Conv's output that such a float layer reads, is kept
+only where some reader of it fuses (repeated until nothing changes), so pairs are added
+where they turn float work into integer kernels, not at the float edges of the graph.
+Graph outputs stay float.
 The output of a float op (HardSigmoid, PRelu, Div...) takes a pair on the same terms:
 where a reader then fuses (``x * HardSigmoid(x)`` becomes QLinearMul).
 
@@ -121,6 +125,13 @@ class _Planner:
         p = self.index.producer.get(name)
         return p is not None and p.op_type == "DequantizeLinear" and in_default_domain(p)
 
+    def float_layer(self, node: onnx.NodeProto) -> bool:
+        """A Conv/Gemm/MatMul ``qdq`` left float: its weight (input 1) is not read through a DequantizeLinear."""
+        return node.op_type in LAYERS and in_default_domain(node) and (len(node.input) < 2 or not self._is_dq(node.input[1]))
+
+    def read_by_float_layer(self, tensor: str) -> bool:
+        return any(self.float_layer(r) for r in self.index.readers.get(tensor, []))
+
     def _op(self, node: onnx.NodeProto) -> Op | None:
         """The node as an :class:`Op`, or None when ORT has no integer form of it here."""
         if not in_default_domain(node) or not node.output:
@@ -200,7 +211,11 @@ class _Planner:
         return op.integer and all(self.source(x) in self.paired for x in op.inputs) and all(o in self.paired for o in op.outputs)
 
     def prune(self) -> None:
-        """Drop new pairs no fused reader reads (a Conv's output pair always stays: it fuses the Conv), until stable."""
+        """Drop new pairs no fused reader reads, until stable.
+
+        A Conv's output pair always stays (it fuses the Conv) unless a float layer reads that
+        output too: then the Conv runs float in ORT all the same.
+        """
         reads: dict[str, list[Op]] = {}
         for op in self.ops:
             for x in op.inputs:
@@ -209,7 +224,7 @@ class _Planner:
         while changed:
             changed = False
             for t, producer in list(self.new.items()):
-                if producer.integer and producer.node.op_type == "Conv":
+                if producer.integer and producer.node.op_type == "Conv" and not self.read_by_float_layer(t):
                     continue
                 if not any(self.fused(r) for r in reads.get(t, [])):
                     del self.new[t]
@@ -232,9 +247,11 @@ class _Writer:
                 add_scalar(self.g, self.used, f"{base}_zero_point", zero_point, np.uint8))
 
     def _read_dq(self, tensor: str, own_q: str | None = None) -> None:
-        """Every reader of ``tensor`` but its pair's own QuantizeLinear (output ``own_q``) reads the DequantizeLinear."""
+        """Every reader of ``tensor`` but its pair's own QuantizeLinear (output ``own_q``) and the layers ``qdq`` left float reads the DequantizeLinear."""
         for reader in self.p.index.readers.get(tensor, []):
             if own_q is not None and reader.op_type == "QuantizeLinear" and reader.output[0] == own_q:
+                continue
+            if self.p.float_layer(reader):  # stays float: not quantized behind qdq's back
                 continue
             for i, x in enumerate(reader.input):
                 if x == tensor:

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from converter.graph_edit import unique_name
+from converter.graph_edit import node_inputs, unique_name
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -38,7 +38,11 @@ def attribute(node: onnx.NodeProto, name: str, default: object = None) -> object
 
 @dataclass
 class GraphIndex:
-    """Initializers by name, the producer of every value, the readers of every value (in node order)."""
+    """Initializers by name, the producer of every value, the readers of every value (in node order).
+
+    A node whose subgraphs (If/Loop/Scan bodies) take a name from this graph reads it too:
+    it is one of that name's readers, though not through ``node.input``.
+    """
 
     inits: dict[str, onnx.TensorProto]
     producer: dict[str, onnx.NodeProto]
@@ -54,6 +58,8 @@ class GraphIndex:
         constants: dict[str, onnx.TensorProto] = {}
         for n in g.node:
             for x in n.input:
+                readers.setdefault(x, []).append(n)
+            for x in sorted(set(node_inputs(n)) - set(n.input)):  # read by a subgraph only
                 readers.setdefault(x, []).append(n)
             value = next((a.t for a in n.attribute if a.name == "value"), None) if n.op_type == "Constant" and n.output else None
             if value is not None:

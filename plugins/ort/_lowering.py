@@ -37,13 +37,13 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from converter.graph_edit import replace_repeated
+from converter.graph_edit import node_inputs, replace_repeated
 from converter.plugins.ort._chain import extend_chain
 from converter.plugins.ort._cpu import u8s8_is_exact
 from converter.plugins.ort._graph import GraphIndex, const_value, in_default_domain
 from converter.plugins.ort._pads import fold_pads
 from converter.plugins.ort._ranges import activation_ranges
-from converter.plugins.ort._weights import weights_to_u8
+from converter.plugins.ort._weights import float_input_layers, weights_to_u8
 
 WeightForm = Literal["auto", "s8", "u8"]
 """``s8``: int8 weights (U8S8 kernels); ``u8``: uint8 weights, zero point 128 (U8U8); ``auto``: ``s8`` where U8S8 is exact on this CPU."""
@@ -97,11 +97,16 @@ def _opset(model: onnx.ModelProto) -> int:
 
 
 def _pairs_to_uint8(g: onnx.GraphProto, result: Lowering) -> set[str]:
-    """Step 2: every symmetric int8 activation pair as uint8 (zero point 0 after Relu/Clip, else 128); the Q outputs retyped."""
+    """Step 2: every symmetric int8 activation pair as uint8 (zero point 0 after Relu/Clip, else 128); the Q outputs retyped.
+
+    A Q whose output is a graph output keeps its int8 type: the model's interface does not change.
+    """
     index = GraphIndex.of(g)
     inits, producer, readers = index.inits, index.producer, index.readers
     retyped: set[str] = set()
     for q in [n for n in g.node if n.op_type == "QuantizeLinear" and in_default_domain(n) and len(n.input) == 3]:
+        if q.output[0] in index.outputs:
+            continue
         scale, zp = const_value(g, inits, q.input[1]), const_value(g, inits, q.input[2])
         if scale is None or zp is None or scale.size != 1 or zp.dtype != np.int8 or int(zp) != 0:
             continue
@@ -124,13 +129,14 @@ def _pairs_to_uint8(g: onnx.GraphProto, result: Lowering) -> set[str]:
     return retyped
 
 
-def lower_for_ort_cpu(model: onnx.ModelProto, weights: WeightForm = "auto", extend: bool = True, refit: bool = True) -> Lowering:
+def lower_for_ort_cpu(model: onnx.ModelProto, weights: WeightForm = "auto", extend: bool = True, refit: bool = False) -> Lowering:
     """A copy of ``model`` in the forms ORT's CPU kernels fuse; ``model`` is not changed.
 
     ``weights`` chooses how the weights read with uint8 activations are stored (see
     :data:`WeightForm`); the choice made is :attr:`Lowering.weights`. ``extend`` adds
     pairs after the quantized layers from the ranges the model carries (``_chain``);
-    ``refit`` re-expresses the pairs already there over their ranges too.
+    ``refit`` re-expresses the pairs already there over their ranges too (off by default, as
+    the backend's ``qdq_refit``).
     Raises :class:`~converter.plugins.ort._ranges.RangesError` when those ranges are malformed.
     """
     form = resolve_weight_form(weights)
@@ -141,13 +147,14 @@ def lower_for_ort_cpu(model: onnx.ModelProto, weights: WeightForm = "auto", exte
     result = Lowering(out, weights=form, ranges=len(ranges))
     result.folded_pads = fold_pads(g)
     retyped = _pairs_to_uint8(g, result)
+    float_layers = float_input_layers(g)  # before the chain gives their inputs pairs: the layers qdq left float
     if ranges:
         chain = extend_chain(g, ranges, _opset(out), refit, extend)
         result.added, result.same_grid, result.refit = chain.added, chain.same_grid, chain.refit
     if form == "u8":
-        result.u8_weights = weights_to_u8(g)
+        result.u8_weights = weights_to_u8(g, float_layers)
     if retyped or result.u8_weights or result.folded_pads:  # the Q outputs are uint8 now: drop their stale int8 annotations and the unread parameters
-        read = {x for n in g.node for x in n.input} | {i.name for i in g.input}
+        read = {x for n in g.node for x in node_inputs(n)} | {i.name for i in g.input} | {o.name for o in g.output}  # subgraphs' reads too
         gone = {t.name for t in g.initializer if t.name not in read}
         produced = {o for n in g.node for o in n.output} | read
         replace_repeated(g.value_info, [v for v in g.value_info if v.name not in retyped and v.name not in gone and v.name in produced])

@@ -7,10 +7,14 @@ U8S8 kernels are exact, and become uint8 with zero point 128 (U8U8) where they s
 float Conv/Gemm weight that ORT would quantize itself (its WeightBiasQuantization
 transformer: per-tensor int8, when the input is dequantized and the output reaches a
 QuantizeLinear through Relu/Clip only) is quantized here, per output channel, symmetric
-(scale amax/127), as uint8/128.
+(scale amax/127), as uint8/128. Only where ORT would: a layer whose input 0 was float in
+the canonical graph (``qdq`` left it float) keeps its float weight even once the lowering
+has given that input a pair.
 """
 
 from __future__ import annotations
+
+from collections.abc import Collection
 
 import numpy as np
 import onnx
@@ -29,6 +33,18 @@ def uint8_dq(node: onnx.NodeProto | None, graph: onnx.GraphProto, inits: dict[st
         return False
     scale, zp = const_value(graph, inits, node.input[1]), const_value(graph, inits, node.input[2])
     return scale is not None and scale.size == 1 and zp is not None and zp.dtype == np.uint8
+
+
+def float_input_layers(g: onnx.GraphProto) -> set[str]:
+    """The output names of the Conv/MatMul/Gemm nodes whose input 0 is not read through a DequantizeLinear: layers ``qdq`` left float."""
+    producer = GraphIndex.of(g).producer
+    out: set[str] = set()
+    for node in g.node:
+        if node.op_type in INTEGER_OPS and in_default_domain(node) and node.input and node.output:
+            p = producer.get(node.input[0])
+            if p is None or p.op_type != "DequantizeLinear" or not in_default_domain(p):
+                out.add(node.output[0])
+    return out
 
 
 def _reaches_q(node: onnx.NodeProto, readers: dict[str, list[onnx.NodeProto]]) -> bool:
@@ -52,12 +68,14 @@ def _quantize_u8(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     return q.astype(np.uint8), scale
 
 
-def weights_to_u8(g: onnx.GraphProto) -> list[str]:
+def weights_to_u8(g: onnx.GraphProto, float_layers: Collection[str] = ()) -> list[str]:
     """Store the weights of Conv/MatMul/Gemm whose activation input is uint8 as uint8/128; the names of those weights.
 
     An int8 weight read through a DequantizeLinear is shifted (w + 128, zero point + 128,
     same scale): the DequantizeLinear's output does not change. A float Conv/Gemm weight
-    that ORT would quantize to int8 itself is quantized per output channel instead.
+    that ORT would quantize to int8 itself is quantized per output channel instead, unless
+    the layer (by output name) is in ``float_layers``: one that was float in the canonical
+    graph (:func:`float_input_layers` of it), which stays float.
     """
     index = GraphIndex.of(g)
     inits, producer, readers = index.inits, index.producer, index.readers
@@ -87,7 +105,7 @@ def weights_to_u8(g: onnx.GraphProto) -> list[str]:
             else:
                 dq.input.append(z_name)
             shifted.add(dq.output[0])
-        elif node.op_type in ("Conv", "Gemm") and w_name in inits and inits[w_name].data_type == onnx.TensorProto.FLOAT and _reaches_q(node, readers):
+        elif node.op_type in ("Conv", "Gemm") and node.output[0] not in float_layers and w_name in inits and inits[w_name].data_type == onnx.TensorProto.FLOAT and _reaches_q(node, readers):
             w = numpy_helper.to_array(inits[w_name])
             trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
             axis = 0 if node.op_type == "Conv" or trans_b else 1
@@ -97,7 +115,7 @@ def weights_to_u8(g: onnx.GraphProto) -> list[str]:
                                   numpy_helper.from_array(np.full(scale.shape, 128, np.uint8), z_name)])
             new_nodes.append(onnx.helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [dq_out], name=unique_name(f"{w_name}_DequantizeLinear", used), axis=axis))
             for reader in readers.get(w_name, []):  # every reader of this float weight: the same grid for all
-                if reader.op_type == node.op_type and len(reader.input) > 1 and reader.input[1] == w_name and uint8_dq(producer.get(reader.input[0]), g, inits) and _reaches_q(reader, readers):
+                if reader.op_type == node.op_type and reader.output[0] not in float_layers and len(reader.input) > 1 and reader.input[1] == w_name and uint8_dq(producer.get(reader.input[0]), g, inits) and _reaches_q(reader, readers):
                     reader.input[1] = dq_out
             done.append(w_name)
     if new_nodes:  # their inputs are initializers: first in topological order
