@@ -36,6 +36,7 @@ demo: $(VENV)/.demo-installed
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/bench_simplify.py
 	$(BIN)/python bench/bench_quant.py
+	$(BIN)/python bench/bench_quant_models.py
 
 # make fuzz [N=1000] [SEED=1]: mutated real models through inspect, every built-in pass and both backends
 # (tools/fuzz.py); exit 1 on any crash, leak or leftover, with reproducers under fuzz-failures/

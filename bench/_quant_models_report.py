@@ -47,7 +47,7 @@ class ModelResult:
         return max(ok, key=lambda c: (round(c.metrics["cosine"][0], 4), -c.ms.get(1, math.inf)), default=None)
 
     def ours_default(self) -> Contender | None:
-        return next((c for c in self.contenders if c.kind == "ours" and c.config == "entropy"), None)
+        return next((c for c in self.contenders if c.kind == "ours" and c.config == "percentile"), None)
 
 
 def _pair(v: tuple[float, float] | None, digits: int, same: bool = False) -> str:
@@ -104,7 +104,7 @@ def summary_table(results: list[ModelResult]) -> Table:
             rows.append([r.id, "model failed", r.error[:100], "", "", "", "", "", "", ""])
             continue
         fp32, metric = r.fp32(), r.metric_names[0]
-        picks = [("fp32", fp32), (f"ORT-best: {r.ort_best().name}" if r.ort_best() else "ORT-best: none ran", r.ort_best()), ("ours default (entropy)", r.ours_default())]
+        picks = [("fp32", fp32), (f"ORT-best: {r.ort_best().name}" if r.ort_best() else "ORT-best: none ran", r.ort_best()), ("ours default (percentile)", r.ours_default())]
         for label, c in picks:
             if c is None:
                 rows.append([r.id, label, "-", "-", "-", "-", "-", "-", "-", "-"])
