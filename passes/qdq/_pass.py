@@ -34,6 +34,7 @@ from converter.graph_info import iter_graphs, opset_version
 from converter.options import bounded
 from converter.pass_api import Pass, PassContext, PassResult
 from converter.passes.opset import OpsetConversionFailed, upgrade_opset
+from converter.passes.qdq._adaround import adaround
 from converter.passes.qdq._bias import correct_biases
 from converter.passes.qdq._calibrate import CalibSettings, calibrate
 from converter.passes.qdq._fit import Budget, facts_of, fit
@@ -64,6 +65,10 @@ class QdqOptions:
     holdout: int = field(default=32, metadata=bounded(1, 4096, "accuracy budget: samples of the calibration data kept out of calibration to measure it on (taken after the calibration samples)"))
     scale_search: bool = field(default=False, metadata={"help": "choose each layer input's amax among candidates by the reading layers' output error on the calibration data (one probe run)"})
     search_samples: int = field(default=16, metadata=bounded(1, 100_000, "scale search: calibration samples it measures on"))
+    adaround: bool = field(default=False, metadata={"help": "AdaRound: learn each Conv/Gemm/MatMul weight's rounding (up or down) from its output on calibration data (needs torch; minutes: EfficientNet-Lite0 ~270 s); replaces bias correction"})
+    adaround_samples: int = field(default=64, metadata=bounded(1, 100_000, "AdaRound: calibration samples its layer inputs come from"))
+    adaround_iterations: int = field(default=500, metadata=bounded(1, 100_000, "AdaRound: optimization steps per layer"))
+    adaround_seconds: float | None = field(default=None, metadata=bounded(0.0, 1e7, "AdaRound: total time budget; layers not reached keep round-to-nearest"))
     bias_correction: Literal["off", "on", "all"] = field(default="on", metadata={"help": "empirical bias correction: shift each quantized Conv/Gemm's bias by its own output-mean error per channel on the calibration data (on), MatMuls too (all)"})
     record_ranges: bool = field(default=True, metadata={"help": "also calibrate every other float activation of the main graph and record the ranges in the model's metadata (converter.qdq.activation_ranges) for backends that quantize more ops, like the ort lowering"})
     qat_check: bool = field(default=True, metadata={"help": "a model that already holds Q/DQ: fail unless every zero point is 0 and every scale finite and positive"})
@@ -121,7 +126,7 @@ class QdqPass(Pass[QdqOptions]):
         o = self.options
         rules = PlacementRules(o.op_types, o.exclude, o.keep_first_last, o.per_channel)
         types, ranks = _types(model)
-        pristine = _copy(model) if o.budget or o.bias_correction != "off" or o.scale_search else None
+        pristine = _copy(model) if o.budget or o.bias_correction != "off" or o.scale_search or o.adaround else None
         placement = place_model(model, types, rules)
         if not placement.nodes:
             ctx.log.info("qdq: nothing to quantize (%d candidate nodes refused)", len(placement.refused))
@@ -166,7 +171,11 @@ class QdqPass(Pass[QdqOptions]):
             if searched.chosen and o.record_ranges:
                 amax.update({t: a for t, (_, a) in searched.chosen.items()})
                 record(model, calibrated.ranges, amax, Calibrator(o.calibrator, o.percentile).label)
-        if (o.bias_correction != "off" or o.scale_search) and tensors and calibrated.replay is None:
+        if o.adaround and pristine is not None and tensors and calibrated.replay is not None:
+            layers = [pristine.graph.node[n.index].output[0] for n in placement.graphs[0].placement.nodes]
+            facts["adaround"] = adaround(pristine, model, layers, calibrated.replay, o.adaround_samples, o.adaround_iterations, o.adaround_seconds, ctx.log).facts()
+            facts["bias_correction"] = "skipped: adaround fits each layer's rounding to its output (bias correction after it measured worse on EfficientNet-Lite0)"
+        elif (o.bias_correction != "off" or o.scale_search) and tensors and calibrated.replay is None:
             facts["bias_correction"] = "skipped: the ranges came from a TensorRT cache, there is no data to measure on"
         elif o.bias_correction != "off" and pristine is not None and tensors:
             layers = [pristine.graph.node[n.index].output[0] for n in placement.graphs[0].placement.nodes]
