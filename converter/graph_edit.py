@@ -10,7 +10,8 @@ from typing import Any
 import onnx
 
 
-def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs a node holds (If branches, Loop/Scan bodies)."""
     out = []
     for attr in node.attribute:
         if attr.type == onnx.AttributeProto.GRAPH:
@@ -26,7 +27,7 @@ def outer_scope_inputs(graph: onnx.GraphProto) -> set[str]:
     used: set[str] = set()
     for n in graph.node:
         used.update(x for x in n.input if x)
-        for sg in _subgraphs(n):
+        for sg in subgraphs(n):
             used |= outer_scope_inputs(sg)
         defined.update(o for o in n.output if o)
     used.update(o.name for o in graph.output)
@@ -36,7 +37,7 @@ def outer_scope_inputs(graph: onnx.GraphProto) -> set[str]:
 def node_inputs(node: onnx.NodeProto) -> list[str]:
     """Direct inputs plus names the node's subgraphs take from the enclosing scope."""
     names = [x for x in node.input if x]
-    for sg in _subgraphs(node):
+    for sg in subgraphs(node):
         names.extend(sorted(outer_scope_inputs(sg)))
     return names
 
@@ -81,7 +82,7 @@ def rename_all_uses(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
         for i, x in enumerate(n.input):
             if x in renames:
                 n.input[i] = final(x)
-        for sg in _subgraphs(n):
+        for sg in subgraphs(n):
             rename_all_uses(sg, renames)
 
 

@@ -13,17 +13,7 @@ from collections import Counter
 
 import onnx
 
-from converter.graph_edit import outer_scope_inputs, unique_name
-
-
-def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
-    out: list[onnx.GraphProto] = []
-    for attr in node.attribute:
-        if attr.type == onnx.AttributeProto.GRAPH:
-            out.append(attr.g)
-        elif attr.type == onnx.AttributeProto.GRAPHS:
-            out.extend(attr.graphs)
-    return out
+from converter.graph_edit import outer_scope_inputs, subgraphs, unique_name
 
 
 def branch_of(node: onnx.NodeProto, taken: bool) -> onnx.GraphProto:

@@ -6,11 +6,12 @@ from collections.abc import Iterator
 
 import onnx
 
+from converter.graph_edit import subgraphs
 from converter.pass_api import Pass, PassContext, PassResult
 from converter.passes.cleanup import CleanupOptions, CleanupPass
 from converter.passes.fold_constants import FoldConstantsOptions, FoldConstantsPass
 from converter.passes.specialize._conditions import Scope, condition_value, known_types
-from converter.passes.specialize._inline import inline_if, subgraphs
+from converter.passes.specialize._inline import inline_if
 from converter.passes.specialize._values import SpecializeOptions, fix_inputs, parse_entries
 
 MAX_ROUNDS = 1000
