@@ -21,7 +21,8 @@ from contextlib import contextmanager
 
 import onnxruntime as ort
 
-from converter.command_api import ArgParser, Command, add_common, emit_json
+from converter import progress, reporting
+from converter.command_api import ArgParser, Command, add_common
 from converter.convert_args import convert_parser, request_from_args
 from converter.convert_job import GoldenFailed, convert
 from converter.errors import EXIT_INTERNAL, EXIT_OK, ConverterError, VerifyDrift, shorten
@@ -31,12 +32,12 @@ from converter.text_table import printable
 
 def cmd_convert(args: argparse.Namespace, plugins: Plugins) -> int:
     req = request_from_args(args, plugins)
+    reporting.check_report_path(args.report, [args.model, *([args.output] if args.output else [])])
     try:
         outcome = convert(req, plugins)
     except GoldenFailed as exc:
-        if args.json:
-            emit_json(exc.outcome.to_json())
-        else:
+        _report_convert(args, exc.outcome.to_json())
+        if not args.json:
             print(exc.outcome.report.table())
             assert exc.outcome.golden is not None
             print(exc.outcome.golden.table())
@@ -45,15 +46,25 @@ def cmd_convert(args: argparse.Namespace, plugins: Plugins) -> int:
         if not args.json:
             print(exc.report.table())  # type: ignore[attr-defined]
         raise
+    _report_convert(args, outcome.to_json())
     if args.json:
-        emit_json(outcome.to_json())
         return EXIT_OK
     print(outcome.report.table())
     if outcome.golden is not None:
         print(outcome.golden.table())
     assert outcome.artifact is not None
     print(f"wrote {', '.join(str(p) for p in outcome.written)}")
+    if args.report:
+        print(f"report: {args.report}")
     return EXIT_OK
+
+
+def _report_convert(args: argparse.Namespace, data: dict) -> None:
+    """``--json`` on stdout and ``--report`` as a page: the same document."""
+    if args.json:
+        reporting.emit("convert", data)
+    if args.report:
+        reporting.write_page(args.report, reporting.document("convert", data), [args.model])
 
 
 def command_parser(command: Command) -> argparse.ArgumentParser:
@@ -67,10 +78,25 @@ def command_parser(command: Command) -> argparse.ArgumentParser:
 _LOG_HANDLER = "converter-cli"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is now, so log lines go above a live progress display."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _configure_logging(args: argparse.Namespace) -> None:
     """Our log lines on stderr; library noise (ONNX Runtime's coloured log, Python warnings) only with -v/--debug."""
     level = logging.DEBUG if getattr(args, "debug", False) else logging.INFO if getattr(args, "verbose", False) else logging.WARNING
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.set_name(_LOG_HANDLER)
     handler.setFormatter(logging.Formatter("convert: %(levelname)s: %(message)s"))
     logging.captureWarnings(True)  # RuntimeWarnings (divide by zero, overflow), PIL's DecompressionBombWarning
@@ -91,10 +117,12 @@ def _run(argv: list[str]) -> int:
         command = cls()
         args = command_parser(command).parse_args(argv[1:])
         _configure_logging(args)
-        return int(command.run(args, plugins))
+        with progress.use(progress.reporter_for(sys.stderr, quiet=getattr(args, "quiet", False))):
+            return int(command.run(args, plugins))
     args = convert_parser(plugins).parse_args(argv)
     _configure_logging(args)
-    return cmd_convert(args, plugins)
+    with progress.use(progress.reporter_for(sys.stderr, quiet=args.quiet)):
+        return cmd_convert(args, plugins)
 
 
 class Terminated(BaseException):

@@ -32,8 +32,9 @@ class ArgParser(argparse.ArgumentParser):
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
-    """``--json``, ``--debug``, ``-v``: every command has them."""
-    p.add_argument("--json", action="store_true", help="print a JSON report on stdout")
+    """``--json``, ``--debug``, ``-v``, ``-q``: every command has them."""
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout (schema converter.report/1)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     p.add_argument("-v", "--verbose", action="store_true", help="log what each step does (stderr)")
 
@@ -58,7 +59,8 @@ class Command(ABC):
 
 
 def emit_json(data: Any) -> None:
-    """Print ``data`` as indented JSON on stdout: every ``--json`` report goes through here."""
+    """Print ``data`` as indented JSON on stdout, as it is (built-in commands print versioned report
+    documents through :func:`converter.reporting.emit`; a plugin command may use either)."""
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 

@@ -59,6 +59,8 @@ class OutputComparison:
     needed_atol: float = 0.0
     """Smallest scaled atol that passes with the configured rtol."""
     problems: list[str] = field(default_factory=list)
+    error_histogram: dict[str, Any] | None = None
+    """|actual - reference| of the finite values: ``exact`` (count of zero errors), log-spaced ``edges``, ``counts``."""
 
 
 @dataclass
@@ -123,6 +125,28 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a, b) / (na * nb))
 
 
+HISTOGRAM_BINS = 24
+
+
+def error_histogram(diff: np.ndarray, bins: int = HISTOGRAM_BINS) -> dict[str, Any]:
+    """Counts of absolute errors in log-spaced bins from the smallest non-zero error (at least 1e-7 of the largest)."""
+    positive = diff[diff > 0]
+    exact = int(diff.size - positive.size)
+    if positive.size == 0:
+        return {"exact": exact, "edges": [], "counts": []}
+    hi = float(positive.max())
+    lo = max(float(positive.min()), hi * 1e-7)
+    if lo >= hi:
+        edges = np.array([lo * 0.5, hi * 1.5])
+    else:
+        edges = np.geomspace(lo, hi, bins + 1)
+        short = np.array([float(f"{e:.4g}") for e in edges])
+        if np.all(np.diff(short) > 0):  # 4 digits keep reports small; unless the range is that narrow
+            edges = np.concatenate([[min(short[0], lo)], short[1:-1], [max(short[-1], hi)]])
+    counts, _ = np.histogram(np.clip(positive, edges[0], edges[-1]), bins=edges)
+    return {"exact": exact, "edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
+
+
 def compare_output(name: str, actual: np.ndarray, ref: np.ndarray, tol: Tolerance) -> OutputComparison:
     actual, ref = np.asarray(actual), np.asarray(ref)
     if actual.shape != ref.shape:
@@ -161,6 +185,7 @@ def compare_output(name: str, actual: np.ndarray, ref: np.ndarray, tol: Toleranc
         rel = np.where(np.abs(r) > 0, diff / np.abs(r), np.where(diff > 0, np.inf, 0.0))
     res.max_rel = float(np.max(rel))
     res.cosine = _cosine(a, r)
+    res.error_histogram = error_histogram(diff)
     rtol = tol.rtol or 0.0
     res.needed_atol = float(max(0.0, np.max(diff - rtol * np.abs(r)) / scale))
     if tol.atol is not None or tol.rtol is not None:

@@ -17,6 +17,7 @@ from converter.convert_job import ConvertRequest
 from converter.errors import UsageError
 from converter.pipeline_text import format_step, parse_step
 from converter.plugin_manager import Plugins
+from converter.reporting import add_report_flag
 
 EPILOG = (
     "Other subcommands: {commands} (each has --help). "
@@ -43,6 +44,7 @@ def convert_parser(plugins: Plugins) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for generated sample inputs (default 0)")
     p.add_argument("--no-check", dest="check", action="store_false", help="skip the ONNX checker on the input and after each pass")
     p.add_argument("--version", action="version", version=f"converter {__version__}")
+    add_report_flag(p)
     add_common(p)
     core = {s for a in p._actions for s in a.option_strings}
     plugins.options.add_to_parser(p, lambda flag: flag in core)

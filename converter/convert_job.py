@@ -9,12 +9,13 @@ from typing import Any
 
 import onnx
 
+from converter import progress
 from converter.backend_api import Artifact, Backend, EmitContext, manifest_path_for
 from converter.errors import BackendUnavailable, CheckFailed, UsageError
 from converter.feeds import Feeds, check_feeds, load_npz, parse_shapes, seeded_feeds
 from converter.flags import PassInputs
 from converter.golden import CaseResult, check_case, load_case
-from converter.graph_info import graph_inputs, iter_graphs
+from converter.graph_info import graph_inputs, graph_outputs, iter_graphs
 from converter.instruments import BatchStacking, Verify, standard_instruments
 from converter.interface import interface_changes, manifest_specs
 from converter.model_io import LoadedModel, ensure_not_input, load_model
@@ -53,6 +54,10 @@ class ConvertOutcome:
     artifact: Artifact | None
     golden: CaseResult | None = None
     written: list[Path] = field(default_factory=list)
+    interface_before: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """The source model's inputs and outputs (name, dtype, dims), read before any pass ran."""
+    interface_after: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """The artifact's inputs and outputs as its backend runs them."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -61,11 +66,18 @@ class ConvertOutcome:
             "passes": self.report.to_json(),
             "artifact": None if self.artifact is None else {"path": str(self.artifact.path), "backend": self.artifact.backend, "files": [str(f) for f in self.written], "manifest": self.artifact.manifest},
             "golden": None if self.golden is None else self.golden.to_json(),
+            "interface": {"before": self.interface_before, "after": self.interface_after},
         }
 
 
-def _check_interface(model: onnx.ModelProto, backend: Backend, artifact: Artifact) -> None:
-    """The artifact must take the feeds the model takes and give the same outputs (exit 1 naming the change)."""
+def interface_of(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
+    return {"inputs": [s.to_json() for s in graph_inputs(model)], "outputs": [s.to_json() for s in graph_outputs(model)]}
+
+
+def _check_interface(model: onnx.ModelProto, backend: Backend, artifact: Artifact) -> dict[str, list[dict[str, Any]]]:
+    """The artifact must take the feeds the model takes and give the same outputs (exit 1 naming the change).
+
+    Returns the artifact's interface as its backend runs it."""
     inputs, outputs = manifest_specs(artifact.manifest, "inputs"), manifest_specs(artifact.manifest, "outputs")
     if inputs is None or outputs is None:
         runner = backend.load(artifact)
@@ -73,6 +85,7 @@ def _check_interface(model: onnx.ModelProto, backend: Backend, artifact: Artifac
     changes = interface_changes(model, inputs, outputs)
     if changes:
         raise CheckFailed(f"backend '{backend.name}' changed the model's interface: {'; '.join(changes[:4])}" + (f" (+{len(changes) - 4} more)" if len(changes) > 4 else ""))
+    return {"inputs": [s.to_json() for s in inputs], "outputs": [s.to_json() for s in outputs]}
 
 
 def make_backend(text: str, plugins: Plugins) -> Backend:
@@ -104,7 +117,10 @@ def convert(req: ConvertRequest, plugins: Plugins) -> ConvertOutcome:
     steps = parse_pipeline(req.pipeline)
     passes = build_passes(steps, plugins.passes)
     backend = make_backend(req.backend, plugins)
-    loaded = load_model(req.model)
+    with progress.step("load model") as task:
+        loaded = load_model(req.model)
+        task.update(detail=f"{len(loaded.proto.graph.node)} nodes")
+    before = interface_of(loaded.proto)
     protected = [loaded.path, *loaded.external_data_files]
     out = (req.output or default_output(loaded.path, backend)).absolute()
     if out.is_dir():
@@ -112,7 +128,8 @@ def convert(req: ConvertRequest, plugins: Plugins) -> ConvertOutcome:
     ensure_not_input(out, protected)
     case = load_case(req.golden) if req.golden is not None else None
     if req.check:
-        check_input_model(loaded.proto, str(loaded.path))
+        with progress.step("check model"):
+            check_input_model(loaded.proto, str(loaded.path))
     instruments = standard_instruments(
         check=req.check,
         verify=Verify(verify_feeds(req, loaded)) if req.verify else None,
@@ -122,19 +139,21 @@ def convert(req: ConvertRequest, plugins: Plugins) -> ConvertOutcome:
     model, report = run_pipeline(
         loaded.proto, passes, instruments=instruments, seed=req.seed, model_dir=str(loaded.path.parent), inputs=PassInputs(req.pass_inputs), side_files=side_files
     )
-    outcome = ConvertOutcome(loaded, report, None)
+    outcome = ConvertOutcome(loaded, report, None, interface_before=before)
     precision = req.precision or _lowest_precision([_pipeline_precision(passes), model_precision(model)])
     pipeline_text = ",".join(format_step(s) for s in steps)
     with staging_folder(out.parent) as staging:
         ctx = EmitContext(staging=staging, file_name=out.name, log=logging.getLogger(f"converter.backend.{backend.name}"), source_sha256=loaded.sha256, pipeline=pipeline_text, external_data=loaded.has_external_data)
         try:
-            artifact = backend.emit(model, ctx)
+            with progress.step(f"emit ({backend.name})"):
+                artifact = backend.emit(model, ctx)
+            artifact.manifest.setdefault("source_model", str(loaded.path))
             artifact.write_manifest()
         except OSError as exc:
             raise UsageError(f"cannot write the artifact in {out.parent}: {exc.strerror or exc} (disk full or a file-size limit?)") from exc
         for f in artifact.files:
             ensure_not_input(out.parent / f.name, protected)
-        _check_interface(model, backend, artifact)
+        outcome.interface_after = _check_interface(model, backend, artifact)
         if case is not None:
             outcome.golden = check_case(backend.load(artifact), case, precision)
         if outcome.golden is not None and not outcome.golden and not req.keep_failed:

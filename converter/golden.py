@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from converter import __version__
+from converter import __version__, progress
 from converter.backend_api import Runner
 from converter.compare import DEFAULT_TOLERANCES, Comparison, Tolerance, compare
 from converter.errors import ModelError, UsageError
@@ -249,7 +249,9 @@ class CaseResult:
 def check_case(runner: Runner, case: GoldenCase, precision: str = "fp32") -> CaseResult:
     tol = case.tolerance(precision)
     results = []
-    for ds in case.data_sets:
-        outputs = runner.run(ds.inputs)
-        results.append((ds.name, compare(outputs, ds.outputs, tol, precision)))
+    with progress.step(f"golden check '{case.name}'", total=len(case.data_sets), unit="data sets") as task:
+        for ds in case.data_sets:
+            outputs = runner.run(ds.inputs)
+            results.append((ds.name, compare(outputs, ds.outputs, tol, precision)))
+            task.advance()
     return CaseResult(case.name, precision, results)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from converter import progress
 from converter.batch_verify import check_batch_stacking
 from converter.compare import DEFAULT_TOLERANCES, Tolerance, compare
 from converter.errors import ModelError, PassError, VerifyDrift, describe_exception
@@ -97,14 +98,16 @@ class Verify(Instrument):
 
     def before_pipeline(self, model: onnx.ModelProto, state: PipelineState) -> None:
         try:
-            self.reference = _run(model, self.feeds)
+            with progress.step("verify: reference run"):
+                self.reference = _run(model, self.feeds)
         except Exception as exc:
             raise ModelError(f"cannot run the input model on ONNX Runtime for --verify: {describe_exception(exc, 400)}") from exc
 
     def after_pass(self, p: Pass, result: PassResult, record: PassRecord, state: PipelineState) -> None:
         assert self.reference is not None
         try:
-            outputs = _run(result.model, self.feeds)
+            with progress.step("verify"):
+                outputs = _run(result.model, self.feeds)
         except Exception as exc:
             raise PassError(p.name, f"ONNX Runtime cannot run its result: {describe_exception(exc, 400)}", state.ran) from exc
         precision = state.precision
@@ -136,7 +139,8 @@ class BatchStacking(Instrument):
     def after_pass(self, p: Pass, result: PassResult, record: PassRecord, state: PipelineState) -> None:
         if self._before is None or not result.modified:
             return
-        record.batch_check = check_batch_stacking(self._before, result.model, self.batch_sizes, seed=self.seed, input_shapes=self.input_shapes)
+        with progress.step("verify: batch stacking"):
+            record.batch_check = check_batch_stacking(self._before, result.model, self.batch_sizes, seed=self.seed, input_shapes=self.input_shapes)
         self._before = None
         if not record.batch_check:
             state.report.records.append(record)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import onnx
 
+from converter import progress
 from converter.errors import ConverterError, ModelError, PassError, describe_exception
 from converter.flags import PassInputs
 from converter.instruments import Instrument, PipelineState, standard_instruments
@@ -76,13 +77,15 @@ def run_pipeline(
         inst.before_pipeline(model, state)
     for p in passes:
         ctx = PassContext(log=logging.getLogger(f"converter.pass.{p.name}"), seed=seed, model_dir=model_dir, inputs=inputs or PassInputs(), side_files=side_files)
-        for inst in instruments:
-            inst.before_pass(p, model, state)
-        result = _run_one(p, model, ctx, state)
-        model = result.model
-        record = PassRecord(name=p.name, options=options_as_dict(p.options), modified=result.modified, facts=result.facts, refused=result.refused)
-        for inst in instruments:
-            inst.after_pass(p, result, record, state)
+        with progress.step(f"pass {p.name}") as task:
+            for inst in instruments:
+                inst.before_pass(p, model, state)
+            result = _run_one(p, model, ctx, state)
+            model = result.model
+            record = PassRecord(name=p.name, options=options_as_dict(p.options), modified=result.modified, facts=result.facts, refused=result.refused)
+            for inst in instruments:
+                inst.after_pass(p, result, record, state)
+            task.update(detail=f"{record.nodes_before} -> {record.nodes_after} nodes" if record.nodes_before else "")
         state.report.records.append(record)
         state.ran.append(p.name)
     return model, state.report

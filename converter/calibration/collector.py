@@ -21,6 +21,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
+from converter import progress
 from converter.calibration.batching import rebatch, samples_in
 from converter.calibration.sources import CalibSource, Feeds
 from converter.calibration.stats import DEFAULT_BINS, NaNFound, TensorStats
@@ -188,30 +189,38 @@ class Collector:
                 session = make_session(with_extremes(calibration_model(self.model, chunk, self.infos), reduced), options=so) if chunk or reduced else None
             except Exception as exc:  # the model (not the data): ONNX Runtime cannot build it
                 raise PassRefused(f"calibration: ONNX Runtime cannot run the model: {describe_exception(exc)}") from exc
-            samples = batches = 0
-            next_report = 0.0
-            for feeds in rebatch(source, self.batch_size, limit, self.exact_batch):
-                count = samples_in(feeds, source)
-                if index == 0:
-                    check_feeds(feeds, samples, source.description)
-                try:
-                    self._update(session, chunk, feeds, first_chunk=index == 0)
-                except NaNFound as exc:
-                    raise PassRefused(
-                        f"calibration: the model's tensor '{exc.tensor}' holds NaN on samples {samples}..{samples + count - 1} of {source.description} "
-                        "(the inputs are finite: the model computes NaN there)"
-                    ) from exc
-                samples += count
-                batches += 1
-                if total and samples / total >= next_report:
-                    self.log.info("calibration: %d/%d samples (tensor chunk %d/%d)", samples, total, index + 1, len(self.chunks))
-                    next_report = samples / total + 0.1
+            label = "calibrate" + (f" (tensor chunk {index + 1}/{len(self.chunks)})" if len(self.chunks) > 1 else "")
+            with progress.step(label, total=total, unit="samples") as task:
+                samples, batches = self._chunk(source, limit, session, chunk, index, total, task)
             del session
             result.samples, result.batches = samples, batches
         if total is None or result.samples != total:
             self.log.info("calibration: %d samples in %d batches", result.samples, result.batches)
         result.seconds = time.perf_counter() - start
         return result
+
+    def _chunk(self, source: CalibSource, limit: int | None, session: object, chunk: list[str], index: int, total: int | None, task: progress.Task) -> tuple[int, int]:
+        """One pass over the data for one chunk of tensors; returns (samples, batches)."""
+        samples = batches = 0
+        next_report = 0.0
+        for feeds in rebatch(source, self.batch_size, limit, self.exact_batch):
+            count = samples_in(feeds, source)
+            if index == 0:
+                check_feeds(feeds, samples, source.description)
+            try:
+                self._update(session, chunk, feeds, first_chunk=index == 0)
+            except NaNFound as exc:
+                raise PassRefused(
+                    f"calibration: the model's tensor '{exc.tensor}' holds NaN on samples {samples}..{samples + count - 1} of {source.description} "
+                    "(the inputs are finite: the model computes NaN there)"
+                ) from exc
+            samples += count
+            batches += 1
+            task.advance(count)
+            if total and samples / total >= next_report:
+                self.log.info("calibration: %d/%d samples (tensor chunk %d/%d)", samples, total, index + 1, len(self.chunks))
+                next_report = samples / total + 0.1
+        return samples, batches
 
     def _update(self, session: object, chunk: list[str], feeds: Feeds, first_chunk: bool) -> None:
         if first_chunk:

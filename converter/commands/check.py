@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from converter import reporting
 from converter.backend_api import Severity
-from converter.command_api import Command, emit_json
+from converter.command_api import Command
 from converter.errors import EXIT_CHECK_FAILED, EXIT_OK
 from converter.model_io import load_model
 from converter.options import build_options
@@ -31,7 +32,7 @@ class CheckCommand(Command):
         findings = backend.lint(load_model(args.model).proto)
         errors = sum(f.severity is Severity.ERROR for f in findings)
         if args.json:
-            emit_json({"backend": cls.name, "findings": [f.to_json() for f in findings]})
+            reporting.emit("check", {"model": str(args.model), "backend": cls.name, "findings": [f.to_json() for f in findings]})
         else:
             for f in findings:
                 print(f.line())

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import onnx
 
+from converter import reporting
 from converter.artifacts import artifact_from_disk
 from converter.backend_api import Artifact
-from converter.command_api import Command, emit_json
+from converter.command_api import Command, add_common
 from converter.convert_job import model_precision
 from converter.errors import EXIT_OK, BackendUnavailable, CheckFailed, UsageError, describe_exception
 from converter.feeds import check_feeds, load_npz, parse_shapes, seeded_feeds
@@ -33,6 +34,7 @@ def _add_record(rec: argparse.ArgumentParser) -> None:
     rec.add_argument("--recipe", default="", help="how to rebuild the model (stored in the manifest)")
     rec.add_argument("--copy-model", action="store_true", help="store the model inside the case (for small models)")
     rec.add_argument("--force", action="store_true", help="replace an existing case")
+    add_common(rec)
 
 
 def _add_check(chk: argparse.ArgumentParser) -> None:
@@ -41,6 +43,8 @@ def _add_check(chk: argparse.ArgumentParser) -> None:
     chk.add_argument("--precision", choices=["fp32", "fp16", "int8"], default=None,
                      help="tolerance policy to judge by (default: what the artifact is: Q/DQ -> int8, float16 -> fp16, else fp32)")
     chk.add_argument("--backend", help="backend that made the artifact (default: from its manifest; bare .onnx: ort)")
+    reporting.add_report_flag(chk)
+    add_common(chk)
 
 
 def record(args: argparse.Namespace) -> int:
@@ -60,13 +64,14 @@ def record(args: argparse.Namespace) -> int:
         recipe=args.recipe, copy_model=args.copy_model, force=args.force,
     )
     if args.json:
-        emit_json({"case": str(case.path), "manifest": case.manifest})
+        reporting.emit("golden record", {"case": str(case.path), "manifest": case.manifest})
     else:
         print(f"recorded golden case {case.path} ({len(case.data_sets)} data set, outputs: {', '.join(case.manifest['outputs'])})")
     return EXIT_OK
 
 
 def check(args: argparse.Namespace, plugins: Plugins) -> int:
+    reporting.check_report_path(args.report, [args.artifact])
     artifact = artifact_from_disk(args.artifact, args.backend)
     case = load_case(args.case)
     cls = plugins.backends.get(artifact.backend).cls
@@ -75,10 +80,13 @@ def check(args: argparse.Namespace, plugins: Plugins) -> int:
         raise BackendUnavailable(f"backend '{cls.name}' is unavailable: {avail.reason}")
     precision = args.precision or artifact_precision(artifact)
     result = check_case(cls(cls.Options()).load(artifact), case, precision)
+    data = {"artifact": {"path": str(artifact.path), "backend": artifact.backend, "manifest": artifact.manifest}, **result.to_json()}
     if args.json:
-        emit_json(result.to_json())
+        reporting.emit("golden check", data)
     else:
         print(result.table())
+    if args.report:
+        reporting.write_page(args.report, reporting.document("golden check", data), [args.artifact, *artifact.files])
     if not result:
         raise CheckFailed(f"golden check failed: {args.artifact} does not match case '{case.name}' at {precision}")
     return EXIT_OK

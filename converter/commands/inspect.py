@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from converter.command_api import Command, emit_json
+from converter import reporting
+from converter.command_api import Command
 from converter.errors import EXIT_OK
 from converter.graph_info import graph_inputs, graph_outputs, initializer_bytes, node_count, op_histogram
 from converter.model_io import LoadedModel, load_model
@@ -67,7 +68,7 @@ class InspectCommand(Command):
     def run(self, args: argparse.Namespace, plugins: Plugins) -> int:
         summary = summarize(load_model(args.model))
         if args.json:
-            emit_json(summary)
+            reporting.emit("inspect", summary)
         else:
             print(format_summary(summary))
         return EXIT_OK

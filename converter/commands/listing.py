@@ -6,7 +6,8 @@ import argparse
 import dataclasses
 from typing import Any
 
-from converter.command_api import Command, emit_json
+from converter import reporting
+from converter.command_api import Command
 from converter.errors import EXIT_OK
 from converter.options import option_infos
 from converter.plugin_manager import Plugins
@@ -69,7 +70,7 @@ class _List(Command):
     def run(self, args: argparse.Namespace, plugins: Plugins) -> int:
         data = _listing(plugins, self.passes, self.backends, self.commands)
         if args.json:
-            emit_json(data)
+            reporting.emit(self.name, data)
         else:
             _print(data)
         return EXIT_OK

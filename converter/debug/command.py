@@ -13,7 +13,8 @@ import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from converter.command_api import Command, add_common, emit_json
+from converter import reporting
+from converter.command_api import Command, add_common
 from converter.debug.accuracy import compare_layers
 from converter.errors import EXIT_OK, UsageError
 from converter.feeds import Feeds, check_feeds, load_npz, seeded_feeds
@@ -60,6 +61,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     acc.add_argument("--threshold", type=float, default=0.05, help="a tensor's readers are suggested for exclusion when its error exceeds this and 3x the median error (default 0.05)")
     acc.add_argument("--sort", choices=["own", "total"], help="rank by own quantization error (Q/DQ default) or by accumulated error (fp16 default)")
     acc.add_argument("--seed", type=int, default=0, help="seed for --random (default 0)")
+    reporting.add_report_flag(acc)
     add_common(acc)
 
 
@@ -154,6 +156,7 @@ def _same_inputs(a, b) -> None:
 
 
 def cmd_accuracy(args: argparse.Namespace) -> int:
+    reporting.check_report_path(args.report, [args.float_model, args.quant_model])
     float_model, quant_model = load_model(args.float_model).proto, load_model(args.quant_model).proto
     specs = graph_inputs(float_model)
     _same_inputs(specs, graph_inputs(quant_model))
@@ -165,10 +168,13 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
     report = compare_layers(float_model, quant_model, batches, samples=samples, chunk_size=args.chunk_size, sort=args.sort)
     if not report.errors:
         raise UsageError(f"{args.quant_model} has no DequantizeLinear and no float tensor named as in {args.float_model}: nothing to compare")
+    data = {"float_model": str(args.float_model), "quant_model": str(args.quant_model), **report.to_json(args.top, args.threshold)}
     if args.json:
-        emit_json(report.to_json(args.top, args.threshold))
+        reporting.emit("debug accuracy", data)
     else:
         print(render(report, args.top, args.threshold))
+    if args.report:
+        reporting.write_page(args.report, reporting.document("debug accuracy", data), [args.float_model, args.quant_model])
     return EXIT_OK
 
 

@@ -13,7 +13,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from converter.command_api import Command, emit_json
+from converter import reporting
+from converter.command_api import Command
 from converter.convert_job import GoldenFailed
 from converter.errors import EXIT_OK, UsageError
 from converter.export.job import EXPORT_TOLERANCE, ExportCheckFailed, ExportRequest, plan, run_export
@@ -71,6 +72,7 @@ def _batches(text: str) -> tuple[int, ...]:
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", metavar="SPEC", help="package.module:factory returning an nn.Module")
+    reporting.add_report_flag(p)
     p.add_argument("-o", "--output", type=Path, help="the .onnx file to write (default: FACTORY.onnx in the current folder)")
     p.add_argument("--weights", type=Path, metavar="FILE", help="a state dict to load into the model (strict)")
     p.add_argument("--input", dest="inputs", action="append", default=[], metavar="NAME:SHAPE:DTYPE[:LOW..HIGH]",
@@ -125,6 +127,8 @@ def cmd_export(args: argparse.Namespace, plugins: Plugins) -> int:
         raise UsageError("--force replaces a --golden case; give --golden DIR")
     req = _request(args)
     planned = plan(req)
+    out = _Output(args.json, args.report, [p for p in (args.weights, planned.output) if p is not None])
+    reporting.check_report_path(out.report, out.protected)
     then_args = None
     if args.then is not None:
         then_args = parse_then(args.then, planned.output, req.golden, plugins)
@@ -134,7 +138,7 @@ def cmd_export(args: argparse.Namespace, plugins: Plugins) -> int:
         outcome = run_export(req, planned)
     except ExportCheckFailed as exc:
         hints = [f"torch warned during the export (a cause?): {w}" for w in exc.outcome.exported.warnings if not w.startswith(("DeprecationWarning", "FutureWarning"))]
-        _show({"export": exc.outcome.to_json()}, [exc.outcome.summary(), exc.outcome.verify.table(), *hints], args.json)
+        _show({"export": exc.outcome.to_json()}, [exc.outcome.summary(), exc.outcome.verify.table(), *hints], out)
         raise
     texts = [outcome.summary(), outcome.verify.table()]
     texts.append(f"wrote {', '.join(str(p) for p in outcome.written)}")
@@ -142,37 +146,48 @@ def cmd_export(args: argparse.Namespace, plugins: Plugins) -> int:
         texts.append(f"recorded golden case {outcome.golden.path} (reference: torch {outcome.torch_version}; {len(outcome.golden.data_sets)} data sets)")
     data: dict[str, Any] = {"export": outcome.to_json()}
     if then_args is None:
-        _show(data, texts, args.json)
+        _show(data, texts, out)
         return EXIT_OK
     texts.append(f"\n--then: convert {shlex.quote(str(then_args.model))} {args.then}")
-    return _then(then_args, plugins, data, texts, args.json)
+    return _then(then_args, plugins, data, texts, out)
 
 
-def _then(then_args: argparse.Namespace, plugins: Plugins, data: dict[str, Any], texts: list[str], as_json: bool) -> int:
+def _then(then_args: argparse.Namespace, plugins: Plugins, data: dict[str, Any], texts: list[str], out: _Output) -> int:
     try:
         result = run_then(then_args, plugins)
     except GoldenFailed as exc:
         data["then"] = exc.outcome.to_json()
         assert exc.outcome.golden is not None
-        _show(data, [*texts, exc.outcome.report.table(), exc.outcome.golden.table()], as_json)
+        _show(data, [*texts, exc.outcome.report.table(), exc.outcome.golden.table()], out)
         raise
     except Exception:
-        _show(data, texts, as_json)
+        _show(data, texts, out)
         raise
     data["then"] = result.to_json()
     texts.append(result.report.table())
     if result.golden is not None:
         texts.append(result.golden.table())
     texts.append(f"wrote {', '.join(str(p) for p in result.written)}")
-    _show(data, texts, as_json)
+    _show(data, texts, out)
     return EXIT_OK
 
 
-def _show(data: dict[str, Any], texts: list[str], as_json: bool) -> None:
-    if as_json:
-        emit_json(data)
+def _show(data: dict[str, Any], texts: list[str], out: _Output) -> None:
+    if out.json:
+        reporting.emit("export", data)
     else:
         print("\n".join(texts), flush=True)
+    if out.report is not None:
+        reporting.write_page(out.report, reporting.document("export", data), out.protected)
+
+
+@dataclasses.dataclass
+class _Output:
+    """Where this run's report goes: stdout as JSON or text, and the ``--report`` page."""
+
+    json: bool
+    report: Path | None = None
+    protected: list[Path] = dataclasses.field(default_factory=list)
 
 
 class ExportCommand(Command):

@@ -14,6 +14,7 @@ from typing import Any
 
 import onnx
 
+from converter import progress
 from converter.backend_api import TensorSpec
 from converter.compare import DEFAULT_TOLERANCES, Tolerance
 from converter.errors import CheckFailed, UsageError
@@ -168,11 +169,14 @@ def plan(req: ExportRequest) -> Plan:
 
 def run_export(req: ExportRequest, planned: Plan | None = None) -> ExportOutcome:
     p = planned or plan(req)
-    torch = require_torch()
+    with progress.step("import torch"):
+        torch = require_torch()
     log.info("loading %s%s", p.spec.text, f" with weights {req.weights}" if req.weights else "")
-    model = load_model(torch, p.spec, req.weights)
+    with progress.step(f"load {p.spec.text}"):
+        model = load_model(torch, p.spec, req.weights)
     log.info("exporting with the %s exporter (torch %s), %s", req.exporter, torch.__version__, f"dynamic axes {p.dyn.text()}" if p.dyn.symbols else "static shapes")
-    exported = export(torch, model, p.inputs, exporter=req.exporter, opset=req.opset, dyn=p.dyn, output_names=req.output_names, seed=req.seed)
+    with progress.step(f"export ({req.exporter})"):
+        exported = export(torch, model, p.inputs, exporter=req.exporter, opset=req.opset, dyn=p.dyn, output_names=req.output_names, seed=req.seed)
     fixes = fix_split_num_outputs(exported.proto)
     opset = opset_report(exported.proto, req.opset, fixes)
     if req.opset is not None and opset.written != req.opset:
@@ -183,9 +187,11 @@ def run_export(req: ExportRequest, planned: Plan | None = None) -> ExportOutcome
     with staging_folder(p.output.parent) as staging:
         staged = write_model(exported.proto, staging / p.output.name)
         log.info("checking %s with onnx.checker (full_check)", p.output.name)
-        check_file(staged[0])
+        with progress.step("check (onnx.checker, full)"):
+            check_file(staged[0])
         log.info("running torch and ONNX Runtime at %s", "; ".join(dynamic.sizes_text(s) or "the shapes given" for s in points))
-        report = verify(torch, model, staged[0], p.inputs, exported.output_names, p.dyn, points, req.seed, req.tolerance)
+        with progress.step("verify against torch", total=len(points), unit="shapes"):
+            report = verify(torch, model, staged[0], p.inputs, exported.output_names, p.dyn, points, req.seed, req.tolerance)
         outcome = ExportOutcome(req, p, str(torch.__version__), exported, opset, graph_inputs(exported.proto), graph_outputs(exported.proto), report)
         if not report and not req.keep_failed:
             raise ExportCheckFailed(outcome)
@@ -195,9 +201,10 @@ def run_export(req: ExportRequest, planned: Plan | None = None) -> ExportOutcome
     if not report:
         raise ExportCheckFailed(outcome)
     if req.golden is not None:
-        outcome.golden = record_torch_case(
-            req.golden, model_files=outcome.written, report=report, input_names=[s.name for s in outcome.onnx_inputs],
-            output_names=exported.output_names, tolerance=req.tolerance, recipe=req.recipe, force=req.force,
-            reference={"torch": outcome.torch_version, "spec": p.spec.text, "weights": None if req.weights is None else str(req.weights), "exporter": req.exporter},
-        )
+        with progress.step("record golden case"):
+            outcome.golden = record_torch_case(
+                req.golden, model_files=outcome.written, report=report, input_names=[s.name for s in outcome.onnx_inputs],
+                output_names=exported.output_names, tolerance=req.tolerance, recipe=req.recipe, force=req.force,
+                reference={"torch": outcome.torch_version, "spec": p.spec.text, "weights": None if req.weights is None else str(req.weights), "exporter": req.exporter},
+            )
     return outcome

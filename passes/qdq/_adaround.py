@@ -52,6 +52,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from converter import progress
 from converter.ort_session import make_session, run_session
 from converter.passes.qdq._adaround_layers import Layer, find_layers, label, to_layout
 
@@ -136,6 +137,17 @@ def adaround(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, layers:
     rng = np.random.default_rng(0)
     gen = torch.Generator().manual_seed(0)
     pending = list(targets)
+    with progress.step("adaround", total=len(targets), unit="layers") as task:
+        _learn_all(pending, float_model, batches, samples, rng, gen, iterations, deadline, report, task)
+    report.seconds = time.monotonic() - start
+    log.info("qdq: adaround: %d layers in %.1f s (%d kept round-to-nearest), %d skipped", len(report.done), report.seconds,
+             len(report.kept_nearest), len(report.skipped))
+    return report
+
+
+def _learn_all(pending, float_model, batches, samples, rng, gen, iterations, deadline, report, task) -> None:
+    """Collect rows and learn rounding chunk by chunk until done or out of time."""
+    import torch
     while pending:
         if time.monotonic() >= deadline:
             report.skipped.update({t.label: BUDGET for t in pending})
@@ -148,6 +160,7 @@ def adaround(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, layers:
         for t in chunk:
             x, y = data.pop(t.label)
             report.rows += len(x)
+            task.advance()
             if time.monotonic() >= deadline:
                 report.skipped[t.label] = BUDGET
                 continue
@@ -164,10 +177,6 @@ def adaround(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, layers:
             if why:
                 report.skipped[t.label] = why
         del data
-    report.seconds = time.monotonic() - start
-    log.info("qdq: adaround: %d layers in %.1f s (%d kept round-to-nearest), %d skipped", len(report.done), report.seconds,
-             len(report.kept_nearest), len(report.skipped))
-    return report
 
 
 def _bytes(t: Layer) -> int:

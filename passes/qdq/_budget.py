@@ -45,6 +45,7 @@ from typing import Literal
 import numpy as np
 import onnx
 
+from converter import progress
 from converter.ort_session import make_session, session_options
 
 Feeds = dict[str, np.ndarray]
@@ -202,6 +203,7 @@ class _Evaluator:
         self.exhausted = False
         self.planned = planned
         self.every = max(1, planned // 10)
+        self.task: progress.Task | None = None
 
     def __call__(self, kept: frozenset[str]) -> float:
         if kept in self.memo:
@@ -214,6 +216,8 @@ class _Evaluator:
         del model
         self.evaluations += 1
         self.memo[kept] = value
+        if self.task is not None:
+            self.task.advance()
         level = logging.INFO if self.evaluations == 1 or self.evaluations % self.every == 0 else logging.DEBUG
         self.log.log(level, "qdq budget: evaluation %d of ~%d planned: %d nodes kept float -> %s %.6f", self.evaluations, self.planned, len(kept), self.ref.metric, value)
         return value
@@ -314,45 +318,48 @@ def fit_budget(
     reserve = 2 * math.ceil(math.log2(n)) + 1 if n > 1 else 0
     sweep = n if n <= group_above else 2 * math.ceil(math.sqrt(n))
     planned = 1 + sweep + reserve if max_evaluations is None else min(1 + sweep + reserve, max_evaluations)
-    ref = _Reference(float_model, batches, metric)
+    with progress.step("qdq budget: reference run"):
+        ref = _Reference(float_model, batches, metric)
     log.info("qdq budget: %s >= %g over %d held-out samples (reference %.1f MiB), %d candidate nodes, ~%d evaluations planned",
              metric, target, ref.samples, ref.nbytes() / 2**20, n, planned)
     baseline = 1.0
     ev = _Evaluator(ref, build, log, planned)
     ev.limit = max_evaluations
-    all_quantized = ev(frozenset())
-    curve = {0: all_quantized}
+    with progress.step(f"qdq budget: {metric} >= {target:g}", total=planned, unit="evaluations") as task:
+        ev.task = task
+        all_quantized = ev(frozenset())
+        curve = {0: all_quantized}
 
-    def result(k: int, met: bool, sensitivity: dict[str, float], ranked: list[str], estimated=(), unmeasured=(), notes=()) -> BudgetResult:
-        seconds = time.perf_counter() - start
-        log.info("qdq budget: %s %.6f with %d of %d nodes kept float (%s); %d evaluations, %.1f s",
-                 metric, curve[k], k, n, "target met" if met else "target NOT met", ev.evaluations, seconds)
-        return BudgetResult(metric, target, baseline, all_quantized, curve[k], met, {x: sensitivity.get(x, 0.0) for x in ranked[:k]},
-                            sorted(curve.items()), sensitivity, ev.evaluations, ref.samples, seconds, list(estimated), list(unmeasured), list(notes))
+        def result(k: int, met: bool, sensitivity: dict[str, float], ranked: list[str], estimated=(), unmeasured=(), notes=()) -> BudgetResult:
+            seconds = time.perf_counter() - start
+            log.info("qdq budget: %s %.6f with %d of %d nodes kept float (%s); %d evaluations, %.1f s",
+                     metric, curve[k], k, n, "target met" if met else "target NOT met", ev.evaluations, seconds)
+            return BudgetResult(metric, target, baseline, all_quantized, curve[k], met, {x: sensitivity.get(x, 0.0) for x in ranked[:k]},
+                                sorted(curve.items()), sensitivity, ev.evaluations, ref.samples, seconds, list(estimated), list(unmeasured), list(notes))
 
-    if all_quantized >= target:
-        return result(0, True, {}, nodes)
-    if max_evaluations is not None:
-        ev.limit = max(ev.evaluations, max_evaluations - reserve)
-    measured, estimated = _sweep(ev, nodes, baseline, target, group_above)
-    ev.limit = max_evaluations
-    unmeasured = [x for x in nodes if x not in measured and x not in estimated]
-    sensitivity = {x: measured.get(x, estimated.get(x, 0.0)) for x in nodes}
-    order = {x: i for i, x in enumerate(nodes)}
-    ranked = sorted((x for x in nodes if x not in unmeasured), key=lambda x: (-sensitivity[x], order[x])) + unmeasured
-    notes = []
-    if estimated:
-        notes.append(f"{len(estimated)} of {n} nodes in cheap blocks: cost estimated as an equal share of their block's, not measured")
-    if unmeasured:
-        notes.append(f"max_evaluations={max_evaluations}: {len(unmeasured)} of {n} nodes not measured, ranked last in graph order")
-    ev.exhausted = False
-    k = _search(ev, ranked, target, curve)
-    if ev.exhausted:
-        notes.append(f"max_evaluations={max_evaluations} reached during the search: " + ("the kept set may not be the smallest" if k is not None else "stopped before the target was met"))
-    if k is not None:
-        return result(k, True, sensitivity, ranked, estimated, unmeasured, notes)
-    best = max(curve, key=lambda c: (curve[c], -c))
-    notes.append(f"{metric} >= {target:g} not reached by keeping up to {max(curve)} of {n} nodes float (all {n} float is the float model): "
-                 f"best {curve[best]:.6f} with {best} kept float")
-    log.warning("qdq budget: %s", notes[-1])
-    return result(best, False, sensitivity, ranked, estimated, unmeasured, notes)
+        if all_quantized >= target:
+            return result(0, True, {}, nodes)
+        if max_evaluations is not None:
+            ev.limit = max(ev.evaluations, max_evaluations - reserve)
+        measured, estimated = _sweep(ev, nodes, baseline, target, group_above)
+        ev.limit = max_evaluations
+        unmeasured = [x for x in nodes if x not in measured and x not in estimated]
+        sensitivity = {x: measured.get(x, estimated.get(x, 0.0)) for x in nodes}
+        order = {x: i for i, x in enumerate(nodes)}
+        ranked = sorted((x for x in nodes if x not in unmeasured), key=lambda x: (-sensitivity[x], order[x])) + unmeasured
+        notes = []
+        if estimated:
+            notes.append(f"{len(estimated)} of {n} nodes in cheap blocks: cost estimated as an equal share of their block's, not measured")
+        if unmeasured:
+            notes.append(f"max_evaluations={max_evaluations}: {len(unmeasured)} of {n} nodes not measured, ranked last in graph order")
+        ev.exhausted = False
+        k = _search(ev, ranked, target, curve)
+        if ev.exhausted:
+            notes.append(f"max_evaluations={max_evaluations} reached during the search: " + ("the kept set may not be the smallest" if k is not None else "stopped before the target was met"))
+        if k is not None:
+            return result(k, True, sensitivity, ranked, estimated, unmeasured, notes)
+        best = max(curve, key=lambda c: (curve[c], -c))
+        notes.append(f"{metric} >= {target:g} not reached by keeping up to {max(curve)} of {n} nodes float (all {n} float is the float model): "
+                     f"best {curve[best]:.6f} with {best} kept float")
+        log.warning("qdq budget: %s", notes[-1])
+        return result(best, False, sensitivity, ranked, estimated, unmeasured, notes)

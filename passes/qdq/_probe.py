@@ -19,6 +19,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
+from converter import progress
 from converter.errors import PassRefused, describe_exception
 from converter.graph_edit import unique_name
 from converter.graph_info import opset_version
@@ -102,10 +103,12 @@ class Probe:
             session = make_session(self.model, options=so)
             sums: dict[str, np.ndarray] = {}
             count = 0
-            for feeds in batches():
-                for name, value in run_session(session, feeds).items():
-                    sums[name] = sums.get(name, 0.0) + np.asarray(value, dtype=np.float64)
-                count += 1
+            with progress.step(f"{self.purpose}: probe run", unit="batches") as task:
+                for feeds in batches():
+                    for name, value in run_session(session, feeds).items():
+                        sums[name] = sums.get(name, 0.0) + np.asarray(value, dtype=np.float64)
+                    count += 1
+                    task.advance()
         except Exception as exc:  # ORT's many error types: one line, naming what was measured
             raise PassRefused(f"{self.purpose}: ONNX Runtime cannot run the probe model: {describe_exception(exc)}") from exc
         return {k: v / max(count, 1) for k, v in sums.items()}
