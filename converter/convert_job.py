@@ -14,14 +14,15 @@ from converter.backend_api import Artifact, Backend, EmitContext, manifest_path_
 from converter.errors import BackendUnavailable, CheckFailed, UsageError
 from converter.feeds import Feeds, check_feeds, load_npz, parse_shapes, seeded_feeds
 from converter.flags import PassInputs
-from converter.golden import CaseResult, check_case, load_case
-from converter.graph_info import graph_inputs, graph_outputs, iter_graphs
+from converter.golden import CaseResult, check_case, load_case, model_precision
+from converter.graph_info import graph_inputs, graph_outputs
 from converter.instruments import BatchStacking, Verify, standard_instruments
 from converter.interface import interface_changes, manifest_specs
 from converter.model_io import LoadedModel, ensure_not_input, load_model
-from converter.options import build_options
+from converter.options import build_options, option_text, options_as_dict
+from converter.pass_api import Pass
 from converter.pass_manager import build_passes, check_input_model, run_pipeline
-from converter.pipeline_text import format_step, parse_pipeline, parse_step
+from converter.pipeline_text import Step, format_step, parse_pipeline, parse_step
 from converter.plugin_manager import Plugins
 from converter.report import PipelineReport
 from converter.staging import SideFiles, commit_files, discard, staging_folder
@@ -45,6 +46,10 @@ class ConvertRequest:
     seed: int = 0
     pass_inputs: dict[str, Any] = field(default_factory=dict)
     """Values of plugin-registered pass inputs (``--calib-data`` ...), by key: what passes read as ``ctx.inputs``."""
+    pass_objects: list[Pass] | None = None
+    """Pass instances to run instead of parsing ``pipeline`` (the Python API's ``passes=[...]``)."""
+    backend_object: Backend | None = None
+    """A backend instance to use instead of parsing ``backend``."""
 
 
 @dataclass
@@ -92,10 +97,14 @@ def make_backend(text: str, plugins: Plugins) -> Backend:
     """A backend instance from ``name`` or ``name{opt=val}``; unavailable backends raise exit-3 errors."""
     step = parse_step(text)
     cls = plugins.backends.get(step.name).cls
-    backend = cls(build_options(cls.Options, step.options, f"backend '{step.name}'"))
-    avail = cls.availability()
+    return ready_backend(cls(build_options(cls.Options, step.options, f"backend '{step.name}'")))
+
+
+def ready_backend(backend: Backend) -> Backend:
+    """``backend`` if it can run here (exit 3 naming why not) and its options suit this machine."""
+    avail = type(backend).availability()
     if not avail:
-        raise BackendUnavailable(f"backend '{step.name}' is unavailable: {avail.reason}")
+        raise BackendUnavailable(f"backend '{backend.name}' is unavailable: {avail.reason}")
     backend.preflight()
     return backend
 
@@ -114,9 +123,13 @@ def default_output(model: Path, backend: Backend) -> Path:
 
 
 def convert(req: ConvertRequest, plugins: Plugins) -> ConvertOutcome:
-    steps = parse_pipeline(req.pipeline)
-    passes = build_passes(steps, plugins.passes)
-    backend = make_backend(req.backend, plugins)
+    if req.pass_objects is not None:
+        passes = list(req.pass_objects)
+        steps = [Step(p.name, {k: option_text(v) for k, v in options_as_dict(p.options).items()}) for p in passes]
+    else:
+        steps = parse_pipeline(req.pipeline)
+        passes = build_passes(steps, plugins.passes)
+    backend = ready_backend(req.backend_object) if req.backend_object is not None else make_backend(req.backend, plugins)
     with progress.step("load model") as task:
         loaded = load_model(req.model)
         task.update(detail=f"{len(loaded.proto.graph.node)} nodes")
@@ -184,19 +197,6 @@ def _lowest_precision(found: list[str]) -> str:
 
 def _pipeline_precision(passes: list) -> str:
     return _lowest_precision([p.output_precision for p in passes if p.output_precision])
-
-
-def model_precision(model: onnx.ModelProto) -> str:
-    """What the graph itself says: Q/DQ nodes mean int8 tolerances, float16 tensors fp16 ones."""
-    nodes = [n for g in iter_graphs(model.graph) for n in g.node]
-    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in nodes):
-        return "int8"
-    fp16 = onnx.TensorProto.FLOAT16
-    if any(t.data_type == fp16 for g in iter_graphs(model.graph) for t in g.initializer) or any(
-        n.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in n.attribute) for n in nodes
-    ):
-        return "fp16"
-    return "fp32"
 
 
 class GoldenFailed(CheckFailed):

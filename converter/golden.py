@@ -16,7 +16,9 @@ import datetime as _dt
 import importlib.metadata
 import importlib.util
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -27,13 +29,19 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from converter import __version__, progress
-from converter.backend_api import Runner
+from converter import progress
+from converter.version import __version__
+from converter.artifacts import artifact_from_disk
+from converter.backend_api import Artifact, Runner
 from converter.compare import DEFAULT_TOLERANCES, Comparison, Tolerance, compare
-from converter.errors import ModelError, UsageError
-from converter.feeds import Feeds
+from converter.errors import BackendUnavailable, ModelError, UsageError, describe_exception
+from converter.feeds import Feeds, check_feeds, load_npz, parse_shapes, seeded_feeds
 from converter.golden_manifest import check_data_set, check_format, data_set_folders, numbered_files
 from converter.golden_manifest import tolerances as parse_tolerances
+from converter.graph_info import graph_inputs, graph_outputs, iter_graphs
+from converter.model_io import load_model
+from converter.ort_session import make_session, run_session, session_options
+from converter.plugin_manager import Plugins, load_plugins
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -255,3 +263,75 @@ def check_case(runner: Runner, case: GoldenCase, precision: str = "fp32") -> Cas
             results.append((ds.name, compare(outputs, ds.outputs, tol, precision)))
             task.advance()
     return CaseResult(case.name, precision, results)
+
+
+# precision, and record/check as the Python API (converter.golden.record / check) ------------------------------------
+
+def model_precision(model: onnx.ModelProto) -> str:
+    """What the graph itself says: Q/DQ nodes mean int8 tolerances, float16 tensors fp16 ones."""
+    nodes = [n for g in iter_graphs(model.graph) for n in g.node]
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in nodes):
+        return "int8"
+    fp16 = onnx.TensorProto.FLOAT16
+    if any(t.data_type == fp16 for g in iter_graphs(model.graph) for t in g.initializer) or any(
+        n.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in n.attribute) for n in nodes
+    ):
+        return "fp16"
+    return "fp32"
+
+
+def artifact_precision(artifact: Artifact) -> str:
+    """The tolerance class an artifact is judged by: its graph's (an .onnx), else its manifest's pipeline's."""
+    if artifact.path.suffix == ".onnx":
+        try:
+            return model_precision(onnx.load(str(artifact.path), load_external_data=False))
+        except Exception as exc:  # protobuf's DecodeError and friends: not an ONNX file
+            raise UsageError(f"{artifact.path}: not a readable ONNX model ({describe_exception(exc, 120)}); pass --precision to check it anyway") from exc
+    pipeline = str(artifact.manifest.get("pipeline") or "")
+    return "int8" if re.search(r"(^|,)\s*qdq\b", pipeline) else "fp16" if re.search(r"(^|,)\s*fp16\b", pipeline) else "fp32"
+
+
+def record(
+    model: str | os.PathLike[str], output: str | os.PathLike[str], *, inputs: str | os.PathLike[str] | Feeds | None = None,
+    random_inputs: bool = False, input_shapes: str | None = None, seed: int = 0, recipe: str = "", copy_model: bool = False, force: bool = False,
+) -> GoldenCase:
+    """Run ``model`` on ONNX Runtime and store its inputs and reference outputs as a case in ``output``.
+
+    ``inputs``: an .npz path or a dict of arrays keyed by input name; ``random_inputs=True`` uses seeded random
+    data instead (shaped by ``input_shapes`` for symbolic dims). An existing case is replaced only with ``force``.
+    """
+    if (inputs is None) == (not random_inputs):
+        raise UsageError("give inputs (an .npz or a dict of arrays) or random_inputs=True, not both or neither")
+    loaded = load_model(model)
+    specs = graph_inputs(loaded.proto)
+    if inputs is not None:
+        feeds = load_npz(Path(inputs)) if isinstance(inputs, (str, os.PathLike)) else {k: np.asarray(v) for k, v in inputs.items()}
+        check_feeds(feeds, specs, where=str(inputs) if isinstance(inputs, (str, os.PathLike)) else "inputs")
+    else:
+        logging.getLogger("converter").warning("recording with seeded random inputs: real inputs catch more regressions")
+        feeds = seeded_feeds(specs, seed, parse_shapes(input_shapes))
+    with progress.step("golden record: reference run"):
+        outputs = run_session(make_session(loaded.proto, options=session_options(opt_level="disable")), feeds)
+    return record_case(
+        Path(output), model_path=loaded.path, model_sha256=loaded.sha256, data_sets=[DataSet(feeds, outputs)],
+        input_names=[s.name for s in specs], output_names=[o.name for o in graph_outputs(loaded.proto)],
+        recipe=recipe, copy_model=copy_model, force=force,
+    )
+
+
+def check(
+    artifact: str | os.PathLike[str], case: str | os.PathLike[str], *, precision: str | None = None, backend: str | None = None,
+    plugins: Plugins | None = None,
+) -> CaseResult:
+    """Run ``artifact`` through its backend (its manifest's; a bare .onnx: ort) on ``case`` and compare.
+
+    The result is true when every output is within the case's tolerance for ``precision`` (default: what the
+    artifact is: Q/DQ -> int8, float16 -> fp16, else fp32); ``result.table()`` is what ``golden check`` prints.
+    """
+    opened = artifact_from_disk(Path(artifact), backend)
+    loaded_case = load_case(case)
+    cls = (plugins or load_plugins()).backends.get(opened.backend).cls
+    avail = cls.availability()
+    if not avail:
+        raise BackendUnavailable(f"backend '{cls.name}' is unavailable: {avail.reason}")
+    return check_case(cls(cls.Options()).load(opened), loaded_case, precision or artifact_precision(opened))

@@ -10,7 +10,7 @@ entry-point group ``converter``::
 
 Hooks hand the plugin a registry; it calls ``registry.add(...)`` for each thing it
 contributes. Registries reject duplicate names, so two plugins never silently shadow
-each other. Built-in plugins are the packages ``converter.commands``, ``converter.export``,
+each other. Built-in plugins are the packages ``converter.commands``, ``converter.torch_export``,
 ``converter.debug``, ``converter.passes`` and ``converter.plugins``.
 """
 

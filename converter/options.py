@@ -213,4 +213,17 @@ def options_as_dict(options: Any) -> dict[str, Any]:
     return out
 
 
-__all__ = ["NoOptions", "OptionInfo", "bounded", "build_options", "parse_axis_entries", "option_infos", "options_as_dict", "parse_value", "type_text"]
+__all__ = [
+    "NoOptions", "OptionInfo", "bounded", "build_options", "option_infos", "option_text", "options_as_dict", "parse_axis_entries", "parse_value", "type_text",
+]
+
+
+def option_text(value: Any) -> str:
+    """A Python value as pipeline text: ``True`` -> ``true``, ``[1, 2]`` -> ``[1,2]``, paths and numbers as written."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return "[" + ",".join(option_text(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "[" + ",".join(f"{k}:{option_text(v)}" for k, v in value.items()) + "]"
+    return str(value)

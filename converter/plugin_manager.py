@@ -22,8 +22,10 @@ from converter.registry import BackendRegistry, PassRegistry
 
 BUILTIN_PLUGINS = (
     "converter.commands",
-    "converter.export",
+    "converter.torch_export",
     "converter.debug",
+    "converter.view",
+    "converter.benchmark",
     "converter.passes",
     "converter.plugins",
 )

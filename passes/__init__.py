@@ -8,9 +8,13 @@ it in ``converter_add_options``; nothing in ``converter/`` changes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from converter.api.objects import get_pass
 from converter.calibration import CALIB_DATA, CALIB_RANDOM
 from converter.flags import OptionRegistry
 from converter.hookspecs import hookimpl
+from converter.pass_api import Pass
 from converter.passes.cleanup import CleanupPass
 from converter.passes.dynamic_batch import DynamicBatchPass
 from converter.passes.equalize import EqualizePass
@@ -44,3 +48,9 @@ def converter_register_passes(registry: PassRegistry) -> None:
 def converter_add_options(registry: OptionRegistry) -> None:
     registry.add_pass_input(CALIB_DATA)  # read by qdq and smooth_quant
     registry.add_pass_input(CALIB_RANDOM)
+
+
+def get(name: str) -> Callable[..., Pass]:
+    """The pass registered as ``name`` (built-in or a plugin's), as a factory taking its options as keyword arguments:
+    ``converter.passes.get("qdq")(calibrator="entropy")``. Unknown names and options are UsageErrors."""
+    return get_pass(name)

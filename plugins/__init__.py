@@ -6,6 +6,10 @@ in this folder, and one ``registry.add`` line below. Nothing in ``converter/`` c
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from converter.api.objects import get_backend
+from converter.backend_api import Backend
 from converter.flags import OptionRegistry
 from converter.hookspecs import hookimpl
 from converter.plugins.onnx_file import OnnxFileBackend
@@ -25,3 +29,9 @@ def converter_register_backends(registry: BackendRegistry) -> None:
 def converter_add_options(registry: OptionRegistry) -> None:
     for flag in SHAPE_FLAGS:
         registry.add_backend_flag(flag)
+
+
+def get(name: str) -> Callable[..., Backend]:
+    """The backend registered as ``name`` (built-in or a plugin's), as a factory taking its options as keyword arguments:
+    ``converter.plugins.get("ort")(threads=2)``. Unknown names and options are UsageErrors."""
+    return get_backend(name)

@@ -19,7 +19,7 @@ import onnx.parser
 import onnxruntime as ort
 import pytest
 
-from converter.export.opset_check import fix_split_num_outputs
+from converter.torch_export.opset_check import fix_split_num_outputs
 
 ROOT = Path(__file__).resolve().parent.parent
 M = "tests.export_models:"

@@ -20,9 +20,9 @@ import onnx.parser
 import onnxruntime as ort
 import pytest
 
-from converter.export.dim_names import name_dims
-from converter.export.dynamic import check_points, parse_dynamic
-from converter.export.inputs import parse_inputs
+from converter.torch_export.dim_names import name_dims
+from converter.torch_export.dynamic import check_points, parse_dynamic
+from converter.torch_export.inputs import parse_inputs
 from tests.test_export import DRIVER, _cli
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -3,23 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import re
 from pathlib import Path
 
-import onnx
-
-from converter import reporting
+from converter import golden, reporting
 from converter.artifacts import artifact_from_disk
-from converter.backend_api import Artifact
 from converter.command_api import Command, add_common
-from converter.convert_job import model_precision
-from converter.errors import EXIT_OK, BackendUnavailable, CheckFailed, UsageError, describe_exception
-from converter.feeds import check_feeds, load_npz, parse_shapes, seeded_feeds
-from converter.golden import DataSet, check_case, load_case, record_case
-from converter.graph_info import graph_inputs, graph_outputs
-from converter.model_io import load_model
-from converter.ort_session import make_session, run_session, session_options
+from converter.errors import EXIT_OK, CheckFailed
 from converter.plugin_manager import Plugins
 
 
@@ -48,19 +37,9 @@ def _add_check(chk: argparse.ArgumentParser) -> None:
 
 
 def record(args: argparse.Namespace) -> int:
-    loaded = load_model(args.model)
-    specs = graph_inputs(loaded.proto)
-    if args.inputs is not None:
-        feeds = load_npz(args.inputs)
-        check_feeds(feeds, specs, where=str(args.inputs))
-    else:
-        logging.getLogger("converter").warning("recording with seeded random inputs: real inputs catch more regressions")
-        feeds = seeded_feeds(specs, args.seed, parse_shapes(args.input_shapes))
-    sess = make_session(loaded.proto, options=session_options(opt_level="disable"))
-    outputs = run_session(sess, feeds)
-    case = record_case(
-        args.output, model_path=loaded.path, model_sha256=loaded.sha256, data_sets=[DataSet(feeds, outputs)],
-        input_names=[s.name for s in specs], output_names=[o.name for o in graph_outputs(loaded.proto)],
+    """``golden record``: :func:`converter.golden.record` with the parsed flags."""
+    case = golden.record(
+        args.model, args.output, inputs=args.inputs, random_inputs=args.random_inputs, input_shapes=args.input_shapes, seed=args.seed,
         recipe=args.recipe, copy_model=args.copy_model, force=args.force,
     )
     if args.json:
@@ -71,15 +50,10 @@ def record(args: argparse.Namespace) -> int:
 
 
 def check(args: argparse.Namespace, plugins: Plugins) -> int:
+    """``golden check``: :func:`converter.golden.check` with the parsed flags; exit 1 when it fails."""
     reporting.check_report_path(args.report, [args.artifact])
+    result = golden.check(args.artifact, args.case, precision=args.precision, backend=args.backend, plugins=plugins)
     artifact = artifact_from_disk(args.artifact, args.backend)
-    case = load_case(args.case)
-    cls = plugins.backends.get(artifact.backend).cls
-    avail = cls.availability()
-    if not avail:
-        raise BackendUnavailable(f"backend '{cls.name}' is unavailable: {avail.reason}")
-    precision = args.precision or artifact_precision(artifact)
-    result = check_case(cls(cls.Options()).load(artifact), case, precision)
     data = {"artifact": {"path": str(artifact.path), "backend": artifact.backend, "manifest": artifact.manifest}, **result.to_json()}
     if args.json:
         reporting.emit("golden check", data)
@@ -88,19 +62,8 @@ def check(args: argparse.Namespace, plugins: Plugins) -> int:
     if args.report:
         reporting.write_page(args.report, reporting.document("golden check", data), [args.artifact, *artifact.files])
     if not result:
-        raise CheckFailed(f"golden check failed: {args.artifact} does not match case '{case.name}' at {precision}")
+        raise CheckFailed(f"golden check failed: {args.artifact} does not match case '{result.case}' at {result.precision}")
     return EXIT_OK
-
-
-def artifact_precision(artifact: Artifact) -> str:
-    """The tolerance class an artifact is judged by: its graph's (an .onnx), else its manifest's pipeline's."""
-    if artifact.path.suffix == ".onnx":
-        try:
-            return model_precision(onnx.load(str(artifact.path), load_external_data=False))
-        except Exception as exc:  # protobuf's DecodeError and friends: not an ONNX file
-            raise UsageError(f"{artifact.path}: not a readable ONNX model ({describe_exception(exc, 120)}); pass --precision to check it anyway") from exc
-    pipeline = str(artifact.manifest.get("pipeline") or "")
-    return "int8" if re.search(r"(^|,)\s*qdq\b", pipeline) else "fp16" if re.search(r"(^|,)\s*fp16\b", pipeline) else "fp32"
 
 
 class GoldenCommand(Command):

@@ -45,6 +45,14 @@ class Task:
         if self._reporter is not None:
             self._reporter.update(self)
 
+    def end(self, *, failed: bool = False) -> None:
+        """Finish a task started with :func:`begin` (callbacks that cannot use ``with``: TensorRT's progress monitor)."""
+        if self.ended is None:
+            self.failed = failed
+            self.ended = time.perf_counter()
+            if self._reporter is not None:
+                self._reporter.finish(self)
+
     def update(self, *, completed: float | None = None, total: float | None = None, detail: str | None = None) -> None:
         if completed is not None:
             self.completed = completed
@@ -110,3 +118,11 @@ def step(name: str, total: float | None = None, unit: str = "") -> Iterator[Task
         _DEPTH.reset(token)
         task.ended = time.perf_counter()
         reporter.finish(task)
+
+
+def begin(name: str, total: float | None = None, unit: str = "", depth: int | None = None) -> Task:
+    """Start a task that :meth:`Task.end` finishes, for callback APIs; prefer :func:`step` where ``with`` fits."""
+    reporter = current()
+    task = Task(name, total=total, unit=unit, depth=_DEPTH.get() if depth is None else depth, _reporter=reporter)
+    reporter.start(task)
+    return task

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from converter import progress
 from converter.errors import BackendError
 from converter.plugins.tensorrt._profiles import InputRange
 
@@ -59,29 +60,56 @@ def parser_errors(parser: "trt.OnnxParser") -> list[str]:
     return lines
 
 
+class BuildPhases:
+    """TensorRT's build phases as progress tasks and log lines (pure logic: tested without TensorRT)."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self.log = log
+        self.tasks: dict[str, progress.Task] = {}
+
+    def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+        parent = self.tasks.get(parent_phase or "")
+        depth = parent.depth + 1 if parent is not None else None
+        self.tasks[phase_name] = progress.begin(f"tensorrt: {phase_name}", total=num_steps or None, unit="steps", depth=depth)
+        self.log.info("tensorrt: %s%s (%d steps)", "  " if parent_phase else "", phase_name, num_steps)
+
+    def step_complete(self, phase_name: str, step: int) -> bool:
+        task = self.tasks.get(phase_name)
+        if task is not None:
+            task.update(completed=step + 1)
+        return True  # False would cancel the build
+
+    def phase_finish(self, phase_name: str) -> None:
+        task = self.tasks.pop(phase_name, None)
+        if task is not None:
+            task.end()
+
+    def close(self, failed: bool) -> None:
+        """End phases TensorRT left open (a failed build)."""
+        for task in self.tasks.values():
+            task.end(failed=failed)
+        self.tasks.clear()
+
+
 class _LogProgress:
-    """Adapts TensorRT's progress callbacks to our logger (created lazily: needs tensorrt)."""
+    """Adapts TensorRT's progress callbacks to :class:`BuildPhases` (created lazily: needs tensorrt)."""
 
     @staticmethod
-    def create(log: logging.Logger) -> "trt.IProgressMonitor":
+    def create(phases: BuildPhases) -> "trt.IProgressMonitor":
         import tensorrt as trt
 
         class Monitor(trt.IProgressMonitor):
             def __init__(self) -> None:
                 trt.IProgressMonitor.__init__(self)
-                self.steps: dict[str, int] = {}
 
             def phase_start(self, phase_name: str, parent_phase: str, num_steps: int) -> None:
-                self.steps[phase_name] = num_steps
-                log.info("tensorrt: %s%s (%d steps)", "  " if parent_phase else "", phase_name, num_steps)
+                phases.phase_start(phase_name, parent_phase, num_steps)
 
             def step_complete(self, phase_name: str, step: int) -> bool:
-                total = self.steps.get(phase_name, 0)
-                log.debug("tensorrt: %s %d/%d", phase_name, step + 1, total)
-                return True  # False would cancel the build
+                return phases.step_complete(phase_name, step)
 
             def phase_finish(self, phase_name: str) -> None:
-                log.debug("tensorrt: %s done", phase_name)
+                phases.phase_finish(phase_name)
 
         return Monitor()
 
@@ -129,14 +157,21 @@ def build_engine(
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_mib << 20)
     if settings.opt_level is not None:
         config.builder_optimization_level = settings.opt_level
-    config.progress_monitor = _LogProgress.create(log)
+    phases = BuildPhases(log)
+    config.progress_monitor = _LogProgress.create(phases)
     _load_timing_cache(config, settings.timing_cache, log)
     for profile in profiles:
         p = builder.create_optimization_profile()
         for name, r in profile.items():
             p.set_shape(name, trt.Dims(list(r.min)), trt.Dims(list(r.opt)), trt.Dims(list(r.max)))
         config.add_optimization_profile(p)
-    serialized = builder.build_serialized_network(network, config)
+    with progress.step("tensorrt: build engine") as task:
+        serialized = None
+        try:
+            serialized = builder.build_serialized_network(network, config)
+        finally:
+            phases.close(failed=serialized is None)
+        task.update(detail="failed" if serialized is None else f"{serialized.nbytes / 2**20:.1f} MiB")
     if serialized is None:
         raise BackendError("TensorRT could not build the engine (see the TensorRT messages above; try a larger workspace_mib or check 'convert check MODEL -b tensorrt')")
     if settings.timing_cache is not None:

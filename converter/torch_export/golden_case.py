@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from converter.compare import DEFAULT_TOLERANCES, Tolerance
-from converter.export.verify import VerifyReport
+from converter.torch_export.verify import VerifyReport
 from converter.golden import DataSet, GoldenCase, record_case
 from converter.model_io import sha256_of_files
 

@@ -18,21 +18,21 @@ from converter import progress
 from converter.backend_api import TensorSpec
 from converter.compare import DEFAULT_TOLERANCES, Tolerance
 from converter.errors import CheckFailed, UsageError
-from converter.export import dynamic
-from converter.export.dynamic import DEFAULT_BATCHES, DynamicAxes, check_points, check_sizes, given_sizes, parse_dynamic, parse_sizes
-from converter.export.exporter import Exported, export
-from converter.export.golden_case import record_torch_case
-from converter.export.inputs import InputSpec, parse_inputs
-from converter.export.opset_check import OpsetReport, check_file, fix_split_num_outputs, opset_report
-from converter.export.spec import Spec, load_model, parse_spec
-from converter.export.torch_env import require_torch
-from converter.export.verify import VerifyReport, verify
+from converter.torch_export import dynamic
+from converter.torch_export.dynamic import DEFAULT_BATCHES, DynamicAxes, check_points, check_sizes, given_sizes, parse_dynamic, parse_sizes
+from converter.torch_export.exporter import Exported, export
+from converter.torch_export.golden_case import record_torch_case
+from converter.torch_export.inputs import InputSpec, parse_inputs
+from converter.torch_export.opset_check import OpsetReport, check_file, fix_split_num_outputs, opset_report
+from converter.torch_export.spec import Spec, load_model, parse_spec
+from converter.torch_export.torch_env import require_torch
+from converter.torch_export.verify import VerifyReport, verify
 from converter.golden import MANIFEST, GoldenCase
 from converter.graph_info import graph_inputs, graph_outputs
 from converter.model_io import ensure_not_input, write_model
 from converter.staging import commit_files, staging_folder
 
-log = logging.getLogger("converter.export")
+log = logging.getLogger("converter.torch_export")
 
 # torch vs ONNX Runtime in fp32: the golden fp32 policy (elementwise atol 1e-5 x output scale,
 # rtol 1e-4, cosine >= 0.99999, top-1 agreement 1.0 on class scores).

@@ -13,12 +13,12 @@
     command.py      the ``convert export`` subcommand (registered by this package)
 
 torch is an optional dependency: no module here imports it at import time. The CLI calls
-:func:`converter.export.torch_env.require_torch` (exit 2 with the install line when it is missing)
+:func:`converter.torch_export.torch_env.require_torch` (exit 2 with the install line when it is missing)
 and the torch module is passed to the functions that need it.
 """
 
 from converter.command_api import CommandRegistry
-from converter.export.command import ExportCommand
+from converter.torch_export.command import ExportCommand
 from converter.hookspecs import hookimpl
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from converter.errors import UsageError
-from converter.export.inputs import InputSpec
+from converter.torch_export.inputs import InputSpec
 
 BATCH = "batch"
 DEFAULT_BATCHES = (1, 4)

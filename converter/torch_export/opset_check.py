@@ -26,7 +26,7 @@ from converter.errors import ModelError, describe_exception
 from converter.graph_edit import replace_repeated, unique_name
 from converter.graph_info import iter_graphs
 
-log = logging.getLogger("converter.export")
+log = logging.getLogger("converter.torch_export")
 
 
 @dataclass

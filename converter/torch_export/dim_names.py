@@ -13,7 +13,7 @@ import re
 
 import onnx
 
-from converter.export.dynamic import DynamicAxes
+from converter.torch_export.dynamic import DynamicAxes
 from converter.graph_info import iter_graphs
 
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

@@ -25,12 +25,12 @@ import numpy as np
 import onnx
 
 from converter.errors import ConverterError, ModelError, UsageError, describe_exception, shorten
-from converter.export.dim_names import name_dims
-from converter.export.dynamic import DynamicAxes, given_sizes, trace_sizes
-from converter.export.inputs import InputSpec, sample_feeds
+from converter.torch_export.dim_names import name_dims
+from converter.torch_export.dynamic import DynamicAxes, given_sizes, trace_sizes
+from converter.torch_export.inputs import InputSpec, sample_feeds
 
 EXPORTERS = ("dynamo", "torchscript")
-log = logging.getLogger("converter.export")
+log = logging.getLogger("converter.torch_export")
 
 
 @dataclass
@@ -77,7 +77,7 @@ def default_output_names(count: int) -> list[str]:
 
 
 def _dynamo(torch: Any, model: Any, args: tuple[Any, ...], specs: Sequence[InputSpec], names: list[str], opset: int | None, dyn: DynamicAxes) -> onnx.ModelProto:
-    from converter.export.torch_env import require_onnxscript
+    from converter.torch_export.torch_env import require_onnxscript
 
     require_onnxscript()
     dynamic_shapes = None
