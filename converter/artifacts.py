@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from converter import __version__
+from converter.version import __version__
 from converter.backend_api import Artifact, Runner, manifest_path_for
 from converter.errors import UsageError
 from converter.model_io import sha256_of_files

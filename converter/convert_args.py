@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from converter import __version__
+from converter.version import __version__
 from converter.command_api import ArgParser, add_common
 from converter.convert_job import ConvertRequest
 from converter.errors import UsageError

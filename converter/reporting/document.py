@@ -20,7 +20,7 @@ SCHEMA_ID = "converter.report/1"
 
 @cache
 def _versions() -> dict[str, str]:
-    from converter import __version__
+    from converter.version import __version__
 
     found = {"converter": __version__, "python": platform.python_version()}
     for name in ("onnx", "onnxruntime", "numpy"):
