@@ -9,6 +9,7 @@ or more prints one line when it ends, with its time, and long steps with a known
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import IO, Any
 
@@ -79,7 +80,9 @@ class LineReporter(Reporter):
 class LiveReporter(Reporter):
     """rich's live progress display on the terminal's stderr."""
 
-    def __init__(self, stream: IO[str]) -> None:
+    def __init__(self, stream: IO[str], *, redirect_stdout: bool = False) -> None:
+        """``redirect_stdout``: stdout is the same terminal; what the command prints goes above the bars (never set it
+        when stdout is a file or a pipe: a report must not go to stderr)."""
         from rich.console import Console
         from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -93,7 +96,7 @@ class LiveReporter(Reporter):
             TimeRemainingColumn(),
             console=Console(file=stream, stderr=True),
             transient=False,
-            redirect_stdout=False,  # stdout carries reports (--json): never touched
+            redirect_stdout=redirect_stdout,
         )
         self._ids: dict[int, Any] = {}
         self._started = False
@@ -136,6 +139,7 @@ class LiveReporter(Reporter):
             self._started = False
 
 
+
 def reporter_for(stream: IO[str], *, quiet: bool = False) -> Reporter:
     """Nothing with ``quiet``; a live bar on a terminal; one line per step otherwise (pipes, CI logs, ``TERM=dumb``),
     for steps of at least ``$CONVERTER_PROGRESS_MIN_SECONDS`` (default 1)."""
@@ -146,12 +150,20 @@ def reporter_for(stream: IO[str], *, quiet: bool = False) -> Reporter:
     except (AttributeError, ValueError):
         tty = False
     if tty and os.environ.get("TERM", "") != "dumb":
-        return LiveReporter(stream)
+        return LiveReporter(stream, redirect_stdout=_same_terminal(stream))
     try:
         min_seconds = float(os.environ.get(MIN_SECONDS_ENV, "1"))
     except ValueError:
         min_seconds = 1.0
     return LineReporter(stream, min_seconds=min_seconds)
+
+
+def _same_terminal(stream: IO[str]) -> bool:
+    """stdout is a terminal too, the one ``stream`` writes to (then the report prints above the bars)."""
+    try:
+        return sys.stdout.isatty() and os.ttyname(sys.stdout.fileno()) == os.ttyname(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 MIN_SECONDS_ENV = "CONVERTER_PROGRESS_MIN_SECONDS"
