@@ -256,3 +256,15 @@ def test_u8_weights_of_matmul_and_gemm(op: str, float_weight: bool) -> None:
     onnx.checker.check_model(low.model, full_check=True)
     x = rng.uniform(3, 4, (4, k)).astype(np.float32)
     assert np.abs(_run(low.model, x) - _run(low.model, x, "ORT_DISABLE_ALL")).max() <= 1.01 * s_out
+
+
+def test_one_element_qdq_parameters_lower_like_scalars() -> None:
+    """Exporters often write per-tensor scale and zero point as shape [1] (the conformance kit found the crash)."""
+    model = _conv_relu_qdq_conv()
+    for t in model.graph.initializer:
+        if t.name in ("s", "z", "sx", "lo"):
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).reshape(1), t.name))
+    x = np.random.default_rng(1).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    lowered, scalar = lower_for_ort_cpu(model), lower_for_ort_cpu(_conv_relu_qdq_conv())
+    assert lowered.lowered == scalar.lowered == ["r1"] and lowered.shifted == scalar.shifted == ["x"]
+    np.testing.assert_array_equal(_run(lowered.model, x), _run(scalar.model, x))  # the same lowering as 0-d parameters

@@ -79,7 +79,7 @@ def _non_negative(node: onnx.NodeProto | None, graph: onnx.GraphProto, inits: di
         return True
     if node.op_type == "Clip" and len(node.input) > 1 and node.input[1]:
         low = const_value(graph, inits, node.input[1])
-        return low is not None and low.size == 1 and float(low) >= 0.0
+        return low is not None and low.size == 1 and float(low.reshape(())) >= 0.0
     return False
 
 
@@ -108,7 +108,7 @@ def _pairs_to_uint8(g: onnx.GraphProto, result: Lowering) -> set[str]:
         if q.output[0] in index.outputs:
             continue
         scale, zp = const_value(g, inits, q.input[1]), const_value(g, inits, q.input[2])
-        if scale is None or zp is None or scale.size != 1 or zp.dtype != np.int8 or int(zp) != 0:
+        if scale is None or zp is None or scale.size != 1 or zp.dtype != np.int8 or int(zp.reshape(())) != 0:
             continue
         dqs = readers.get(q.output[0], [])
         if not dqs or any(d.op_type != "DequantizeLinear" or list(d.input[1:3]) != list(q.input[1:3]) for d in dqs):
@@ -116,10 +116,10 @@ def _pairs_to_uint8(g: onnx.GraphProto, result: Lowering) -> set[str]:
         base = q.output[0]
         s_name, z_name = f"{base}_u8_scale", f"{base}_u8_zero_point"
         if _non_negative(producer.get(q.input[0]), g, inits):
-            new_scale, new_zero = float(scale) * 127.0 / 255.0, 0
+            new_scale, new_zero = float(scale.reshape(())) * 127.0 / 255.0, 0
             result.lowered.append(q.input[0])
         else:
-            new_scale, new_zero = float(scale), 128
+            new_scale, new_zero = float(scale.reshape(())), 128
             result.shifted.append(q.input[0])
         g.initializer.append(numpy_helper.from_array(np.array(new_scale, dtype=np.float32), s_name))
         g.initializer.append(numpy_helper.from_array(np.array(new_zero, dtype=np.uint8), z_name))
