@@ -13,8 +13,9 @@ import numpy as np
 import onnx
 from onnx.reference import ReferenceEvaluator
 
-from converter.backend_api import Artifact, Availability, Backend, EmitContext, Runner, TensorSpec
+from converter.backend_api import Artifact, Availability, Backend, EmitContext, Finding, Runner, Severity, TensorSpec
 from converter.command_api import Command, emit_json
+from converter.errors import BackendError, describe_exception
 from converter.flags import PassInput
 from converter.graph_info import graph_inputs, graph_outputs, iter_graphs
 from converter.hookspecs import hookimpl
@@ -51,15 +52,25 @@ class StripDocsPass(Pass[StripDocsOptions]):
         return PassResult(model, removed > 0, facts={"doc_strings_removed": removed})
 
 
+REFERENCE_ERRORS = (NotImplementedError, RuntimeError, ValueError, TypeError)
+"""What onnx.reference raises for an op (or an op version) it does not implement, e.g. DequantizeLinear before opset 19."""
+
+
 class ReferenceRunner(Runner):
     def __init__(self, path: Path) -> None:
         model = onnx.load(str(path))
-        self.evaluator = ReferenceEvaluator(model)
+        try:
+            self.evaluator = ReferenceEvaluator(model)
+        except REFERENCE_ERRORS as exc:  # an op (or op version) onnx.reference lacks: refused, not a crash
+            raise BackendError(f"onnx.reference cannot run {path.name}: {describe_exception(exc)}") from exc
         self.inputs: list[TensorSpec] = graph_inputs(model)
         self.outputs: list[TensorSpec] = graph_outputs(model)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = self.evaluator.run(None, feeds)
+        try:
+            results = self.evaluator.run(None, feeds)
+        except REFERENCE_ERRORS as exc:
+            raise BackendError(f"onnx.reference failed to run the model: {describe_exception(exc)}") from exc
         return {o.name: np.asarray(r) for o, r in zip(self.outputs, results)}
 
 
@@ -71,6 +82,13 @@ class ReferenceBackend(Backend[NoOptions]):
     @classmethod
     def availability(cls) -> Availability:
         return Availability(True, "", {"onnx": onnx.__version__})
+
+    def lint(self, model: onnx.ModelProto) -> list[Finding]:
+        try:
+            ReferenceEvaluator(model)  # builds the op list only: it says which op (or op version) this onnx lacks
+        except REFERENCE_ERRORS as exc:
+            return [Finding("unsupported-op", Severity.ERROR, "model", f"onnx {onnx.__version__}'s reference evaluator cannot run it: {describe_exception(exc)}")]
+        return []
 
     def emit(self, model: onnx.ModelProto, ctx: EmitContext) -> Artifact:
         out = ctx.staging / ctx.file_name
