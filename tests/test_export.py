@@ -19,6 +19,7 @@ import onnx.parser
 import onnxruntime as ort
 import pytest
 
+from converter import reporting
 from converter.torch_export.opset_check import fix_split_num_outputs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,7 +104,9 @@ def _ok(res: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[st
 
 @pytest.mark.parametrize("name", ["cnn-dynamo", "cnn-torchscript", "lstm-dynamo", "lstm-torchscript", "transformer-torchscript"])
 def test_export_matches_torch_at_batch_1_and_4(runs: dict, name: str) -> None:
-    report = json.loads(_ok(runs[name]).stdout)["export"]
+    doc = json.loads(_ok(runs[name]).stdout)
+    reporting.validate(doc)
+    report = doc["export"]
     assert report["exporter"] == name.split("-")[1]
     assert [b["batch"] for b in report["verify"]["batches"]] == [1, 4]
     assert report["verify"]["passed"] and all(b["passed"] for b in report["verify"]["batches"])

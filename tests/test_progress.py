@@ -60,12 +60,15 @@ def test_line_reporter_prints_steps_over_the_threshold_with_counts_and_rate() ->
     with progress.use(LineReporter(out, min_seconds=0.05, every=0.02)):
         with progress.step("fast"):
             pass
+        with pytest.raises(KeyError), progress.step("slow but failed"):
+            time.sleep(0.06)
+            raise KeyError("x")
         with progress.step("calibrate", total=4, unit="samples") as t:
             for _ in range(4):
                 time.sleep(0.03)
                 t.advance()
     lines = out.getvalue().splitlines()
-    assert not any("fast" in line for line in lines)
+    assert not any("fast" in line or "failed" in line for line in lines)
     final = lines[-1]
     assert final.startswith("convert: calibrate: 4/4 samples, ") and "samples/s" in final and final.endswith(" ms")
     assert any("ETA" in line for line in lines[:-1])  # periodic lines while it ran

@@ -23,6 +23,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from converter import reporting
 from converter.cli import main
 from converter.view import serve
 from converter.view.command import resolve_source
@@ -103,7 +104,9 @@ class Viewer:
                 raise AssertionError(f"convert view ended before serving: rc={self.proc.wait()} {self.proc.stderr.read() if self.proc.stderr else ''}")
             text += line
             if line.rstrip("\n") == "}":
-                return json.loads(text)
+                doc = json.loads(text)
+                reporting.validate(doc)  # the versioned document, as every --json
+                return doc
 
     def stop(self, sig: int = signal.SIGINT, *, group: bool = False) -> tuple[int, str]:
         """Send ``sig`` to convert (or, as Ctrl-C in a terminal does, to its whole process group); its exit code and stderr."""

@@ -39,6 +39,8 @@ import fuzz_mutators as fm
 
 PASSES = ["infer_shapes", "cleanup", "simplify", "fold_constants", "dynamic_batch", "fp16", "qdq{samples=8,batch_size=4}"]
 LOG_LINE = re.compile(r"^convert: (WARNING|INFO|DEBUG): ")
+PROGRESS_LINE = re.compile(r"^convert: (?!error: |internal error: ) *.+?: (?:.*, )?(?:\d+ ms|\d+(?:\.\d+)? s|\d+ min \d+ s)(?: \(failed\))?(?:, ETA .*)?$")
+"""A progress line in a pipe (a step of a second or more): not an error line."""
 ORT_LOG = re.compile(r"\[[EWIV]:onnxruntime:[^,]*, ([\w.]+)")
 ROOT = str(Path(__file__).resolve().parents[1]) + "/"
 MAX_REPROS = 3
@@ -198,7 +200,7 @@ def problems(res: dict, in0: dict, in1: dict, out0: dict, out1: dict, case_dir: 
     if ort_logs:
         found.append(f"ONNX Runtime log lines on stderr ({ort_logs[0]})")
         lines = [ln for ln in lines if not ORT_LOG.search(ln)]
-    errors = [ln for ln in lines if not LOG_LINE.match(ln)]
+    errors = [ln for ln in lines if not LOG_LINE.match(ln) and not PROGRESS_LINE.match(ln)]
     extra = [ln for ln in errors if not ln.startswith("convert: error: ")]
     first = re.sub(r"\d+", "N", extra[0])[:60] if extra else ""
     if code == 2 and (len(errors) != 1 or extra):

@@ -45,8 +45,9 @@ def summary(task: Task) -> str:
 
 
 class LineReporter(Reporter):
-    """One line per finished step that took ``min_seconds`` or more (and a line every ``every`` seconds on long
-    counted steps): for pipes and CI logs. Quick steps print nothing, so a usage error stays one line."""
+    """One line per step that finished, in ``min_seconds`` or more (and a line every ``every`` seconds on long
+    counted steps): for pipes and CI logs. Quick steps print nothing, and a failed step leaves its line to the error
+    message, so a usage error stays one line."""
 
     def __init__(self, stream: IO[str], prefix: str = "convert: ", every: float = 10.0, min_seconds: float = 1.0) -> None:
         self.stream, self.prefix, self.every, self.min_seconds = stream, prefix, every, min_seconds
@@ -73,7 +74,7 @@ class LineReporter(Reporter):
 
     def finish(self, task: Task) -> None:
         self._last.pop(id(task), None)
-        if task.elapsed >= self.min_seconds:
+        if task.elapsed >= self.min_seconds and not task.failed:  # a failure is told by the error line that follows
             self._print(summary(task))
 
 
