@@ -71,7 +71,9 @@ def build(doc: Mapping[str, Any]) -> Body:
             cparts.append(results_table(other))
         ratios = items(compare.get("ratios"))
         if ratios:
-            cparts.append("<h4>Ratios (this artifact / the other)</h4>" + generic.value(ratios))
+            cparts.append("<h4>Ratios: the other artifact / this one</h4>"
+                          "<p class=\"note\">latency above 1: the other is slower; throughput above 1: the other is faster</p>"
+                          + generic.value(ratios))
         body.add("compare", "Comparison", section(f"Compared with {_name(compare.get('artifact'))}", join(cparts), "compare"))
     settings = {k: v for k, v in doc.items() if k not in ("schema", "command", "versions", "results", "compare")}
     body.add("settings", "Settings", section("Settings", generic.obj(settings), "settings"))
