@@ -26,6 +26,7 @@ BUILTIN_PLUGINS = (
     "converter.debug",
     "converter.view",
     "converter.benchmark",
+    "converter.zoo",
     "converter.passes",
     "converter.plugins",
 )
