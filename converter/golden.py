@@ -30,11 +30,11 @@ import onnx
 from onnx import numpy_helper
 
 from converter import progress
-from converter.version import __version__
 from converter.artifacts import artifact_from_disk
 from converter.backend_api import Artifact, Runner
 from converter.compare import DEFAULT_TOLERANCES, Comparison, Tolerance, compare
 from converter.errors import BackendUnavailable, ModelError, UsageError, describe_exception
+from converter.external_data import check_external_data
 from converter.feeds import Feeds, check_feeds, load_npz, parse_shapes, seeded_feeds
 from converter.golden_manifest import check_data_set, check_format, data_set_folders, numbered_files
 from converter.golden_manifest import tolerances as parse_tolerances
@@ -42,6 +42,7 @@ from converter.graph_info import graph_inputs, graph_outputs, iter_graphs
 from converter.model_io import load_model
 from converter.ort_session import make_session, run_session, session_options
 from converter.plugin_manager import Plugins, load_plugins
+from converter.version import __version__
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -335,3 +336,12 @@ def check(
     if not avail:
         raise BackendUnavailable(f"backend '{cls.name}' is unavailable: {avail.reason}")
     return check_case(cls(cls.Options()).load(opened), loaded_case, precision or artifact_precision(opened))
+
+
+def recorded_files(model: Path) -> list[Path]:
+    """The files a case's recorded model sha256 covers: the model, then the external-data files it names."""
+    try:
+        proto = onnx.load(str(model), load_external_data=False)
+    except Exception:  # noqa: BLE001 -- not parseable: the conversion that follows says why, in the converter's words
+        return [model]
+    return [model, *check_external_data(proto, model)]

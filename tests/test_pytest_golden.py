@@ -203,3 +203,16 @@ def test_xdist_workers_share_nothing(pytester: pytest.Pytester) -> None:
     now = hashes(two)
     now.pop("manifest.json"), good.pop("manifest.json")  # the manifest has a new "recorded" date
     assert now == good
+
+
+def test_external_data_model_is_the_recorded_model(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    """A case's sha256 covers the model and its external data (as recorded): such a case must pass, not 'model changed'."""
+    from converter import golden
+
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    model = _model()
+    onnx.save_model(model, str(model_dir / "ext.onnx"), save_as_external_data=True, all_tensors_to_one_file=True, location="ext.data", size_threshold=0)
+    golden.record(model_dir / "ext.onnx", pytester.path / "golden" / "ext", random_inputs=True, input_shapes="x:2x4")
+    result = pytester.runpytest("--golden-dir", "golden", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)

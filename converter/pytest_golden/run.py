@@ -13,7 +13,7 @@ import pytest
 
 from converter.convert_job import ConvertRequest, GoldenFailed, convert
 from converter.errors import BackendUnavailable, ConverterError
-from converter.golden import CaseResult, load_case
+from converter.golden import CaseResult, load_case, recorded_files
 from converter.model_io import sha256_of_files
 from converter.pipeline_text import parse_step
 from converter.pytest_golden.checks import Check
@@ -26,7 +26,7 @@ def run_check(case_dir: Path, case_name: str, check: Check, plugins: Any, tmp: P
         case = load_case(case_dir)
         model = case.model_path()
         recorded = case.manifest.get("model", {}).get("sha256")
-        if recorded and sha256_of_files([model]) != recorded:
+        if recorded and sha256_of_files(recorded_files(model)) != recorded:  # the model and its external data
             raise case_error(case_name, case_dir, check, f"{model} is not the model this case was recorded from (sha256 differs); "
                              "if it changed on purpose, re-record the references with --golden-update")
         suffix = plugins.backends.get(parse_step(check.backend).name).cls.suffix

@@ -15,11 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import onnx
-
 from converter.errors import ConverterError
-from converter.external_data import check_external_data
-from converter.golden import MANIFEST, load_case
+from converter.golden import MANIFEST, load_case, recorded_files
 from converter.golden_manifest import data_set_folders
 from converter.model_io import sha256_of_files
 from converter.zoo.cases import Unit
@@ -39,20 +36,12 @@ class Source:
     error: str | None = None
 
 
-def _model_files(model: Path) -> list[Path]:
-    try:
-        proto = onnx.load(str(model), load_external_data=False)
-    except Exception:  # noqa: BLE001 -- not parseable: the check's own conversion says why, with the converter's message
-        return [model]
-    return [model, *check_external_data(proto, model)]
-
-
 def resolve(case_name: str, case_dir: Path) -> Source:
     """The case's model, checked against the sha256 its manifest recorded."""
     try:
         case = load_case(case_dir)
         model = case.model_path()
-        files = _model_files(model)
+        files = recorded_files(model)
         digest = sha256_of_files(files)
     except ConverterError as exc:
         return Source(None, error=str(exc).removeprefix(f"golden case {case_name}: "))
