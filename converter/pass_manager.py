@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import onnx
 
 from converter import progress
-from converter.errors import ConverterError, ModelError, PassError, describe_exception
+from converter.errors import BackendUnavailable, ConverterError, ModelError, PassError, describe_exception
 from converter.flags import PassInputs
 from converter.instruments import Instrument, PipelineState, standard_instruments
 from converter.onnx_calls import check_model
@@ -49,7 +49,10 @@ def _run_one(p: Pass, model: onnx.ModelProto, ctx: PassContext, state: PipelineS
     except PassError:
         raise
     except ConverterError as exc:
-        raise PassError(p.name, str(exc), state.ran) from exc
+        error = PassError(p.name, str(exc), state.ran)
+        if isinstance(exc, BackendUnavailable):  # a missing dependency (--ray without Ray) stays exit 3
+            error.exit_code = exc.exit_code
+        raise error from exc
     except Exception as exc:
         raise PassError(p.name, f"internal error in the pass (a bug): {type(exc).__name__}: {describe_exception(exc)}", state.ran, internal=True) from exc
 

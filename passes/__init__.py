@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from converter.api.objects import get_pass
-from converter.calibration import CALIB_DATA, CALIB_RANDOM
+from converter.calibration import CALIB_DATA, CALIB_RANDOM, RAY
 from converter.flags import OptionRegistry
 from converter.hookspecs import hookimpl
 from converter.pass_api import Pass
@@ -48,6 +48,7 @@ def converter_register_passes(registry: PassRegistry) -> None:
 def converter_add_options(registry: OptionRegistry) -> None:
     registry.add_pass_input(CALIB_DATA)  # read by qdq and smooth_quant
     registry.add_pass_input(CALIB_RANDOM)
+    registry.add_pass_input(RAY)  # read by qdq
 
 
 def get(name: str) -> Callable[..., Pass]:

@@ -6,7 +6,9 @@
 - :mod:`~converter.calibration.collector`: runs the model on ONNX Runtime batch by batch and
   streams per-tensor statistics (:mod:`~converter.calibration.stats`), in chunks of tensors;
 - :mod:`~converter.calibration.calibrators`: minmax, percentile, entropy (TensorRT's KL search), mse;
-- :mod:`~converter.calibration.cache`: our JSON cache and TensorRT's calibration-cache text.
+- :mod:`~converter.calibration.cache`: our JSON cache and TensorRT's calibration-cache text;
+- :mod:`~converter.calibration.shards` and :mod:`~converter.calibration.ray_runner`: the same
+  statistics collected in shards of samples on a Ray cluster (``--ray``), merged exactly.
 """
 
 from converter.calibration.cache import CalibrationCache, TensorRange, load_cache, model_hash
@@ -27,11 +29,18 @@ CALIB_RANDOM: PassInput[bool] = PassInput(
     help="allow seeded random calibration data (a warning: scales from random data are rarely right)",
 )
 """``--calib-random``: the user explicitly allowed seeded random calibration data."""
+RAY: PassInput[str | None] = PassInput(
+    key="ray", flag="--ray", default=None, metavar="auto|ADDRESS", group="calibration (for quantization passes)",
+    help="calibrate in shards on a Ray cluster (same result as one process): auto = the local cluster, started when none runs; "
+    "ADDRESS = a running cluster (HOST:6379 or ray://HOST:10001) whose workers see --calib-data at the same path; needs pip install 'converter[ray]'",
+)
+"""``--ray``: collect the calibration statistics in shards on a Ray cluster (:mod:`~converter.calibration.ray_runner`)."""
 
 __all__ = [
     "CALIB_DATA",
     "CALIB_RANDOM",
     "METHODS",
+    "RAY",
     "CalibSource",
     "CalibrationCache",
     "Calibrator",

@@ -162,8 +162,11 @@ class Collector:
         budget_mib: float = 256.0,
         bins: int = DEFAULT_BINS,
         log: logging.Logger | None = None,
+        threads: int = 0,
     ) -> None:
+        """``threads``: ONNX Runtime intra-op threads (0: its default, every core; shards on a cluster use 1 each)."""
         self.model = model
+        self.threads = threads
         self.batch_size = batch_size
         self.exact_batch = exact_batch
         self.log = log or logging.getLogger("converter.calibration")
@@ -184,7 +187,7 @@ class Collector:
         for index, chunk in enumerate(self.chunks):
             try:
                 reduced = self.reduced if index == 0 else []
-                so = session_options()
+                so = session_options(threads=self.threads)
                 so.execution_order = ort.ExecutionOrder.PRIORITY_BASED  # runs each reduction early (the default order runs them last: 5x the memory)
                 session = make_session(with_extremes(calibration_model(self.model, chunk, self.infos), reduced), options=so) if chunk or reduced else None
             except Exception as exc:  # the model (not the data): ONNX Runtime cannot build it

@@ -11,6 +11,8 @@ Memory stays bounded: at most ``chunk_size`` tensors are marked as outputs of on
 the data is streamed batch by batch through each chunk's sessions and only running sums
 are kept per tensor (sums of squares and products, max abs error), never the tensors.
 Weights (tensors that depend on no graph input) are evaluated on the first batch only.
+The sums are exact (rounded once, when read), so shards of the data merge into exactly one pass's
+numbers (``debug accuracy --ray``, :mod:`converter.debug.sharded`).
 """
 
 from __future__ import annotations
@@ -42,19 +44,48 @@ class Pair:
     static: bool = False
 
 
+def add_exact(partials: list[float], x: float) -> None:
+    """Add ``x`` to the exact sum held by ``partials`` (non-overlapping floats, Shewchuk's algorithm, as in ``math.fsum``)."""
+    i = 0
+    for y in partials:
+        if abs(x) < abs(y):
+            x, y = y, x
+        hi = x + y
+        lo = y - (hi - x)
+        if lo:
+            partials[i] = lo
+            i += 1
+        x = hi
+    partials[i:] = [x]
+
+
+_SUMS = ("ff", "qq", "fq", "dd", "own_ff", "own_dd")
+
+
 @dataclass
 class Stats:
-    """Running sums over every element seen: enough for cosine, relative L2 and max abs error."""
+    """Running sums over every element seen: enough for cosine, relative L2 and max abs error.
 
-    ff: float = 0.0
-    qq: float = 0.0
-    fq: float = 0.0
-    dd: float = 0.0
+    Each sum is kept exactly (the batch's dot products added without rounding, rounded once when read), so
+    it does not depend on the order of the batches: statistics over shards of the data :meth:`merge` into
+    exactly those of one pass (``debug accuracy --ray``).
+    """
+
     max_abs: float = 0.0
-    own_ff: float = 0.0
-    own_dd: float = 0.0
     elements: int = 0
     problem: str | None = None
+    partials: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in _SUMS})
+
+    ff = property(lambda self: math.fsum(self.partials["ff"]))
+    qq = property(lambda self: math.fsum(self.partials["qq"]))
+    fq = property(lambda self: math.fsum(self.partials["fq"]))
+    dd = property(lambda self: math.fsum(self.partials["dd"]))
+    own_ff = property(lambda self: math.fsum(self.partials["own_ff"]))
+    own_dd = property(lambda self: math.fsum(self.partials["own_dd"]))
+
+    def _add(self, **sums: float) -> None:
+        for key, value in sums.items():
+            add_exact(self.partials[key], value)
 
     def update(self, f: np.ndarray, q: np.ndarray, own: np.ndarray | None = None) -> None:
         if f.shape != q.shape or f.dtype.kind != "f" or q.dtype.kind != "f":
@@ -62,22 +93,29 @@ class Stats:
             return
         f64, q64 = f.astype(np.float64).ravel(), q.astype(np.float64).ravel()
         d = q64 - f64
-        self.ff += float(f64 @ f64)
-        self.qq += float(q64 @ q64)
-        self.fq += float(f64 @ q64)
-        self.dd += float(d @ d)
+        self._add(ff=float(f64 @ f64), qq=float(q64 @ q64), fq=float(f64 @ q64), dd=float(d @ d))
         self.max_abs = max(self.max_abs, float(np.max(np.abs(d), initial=0.0)))
         self.elements += f64.size
         if own is not None and own.shape == q.shape:
             o64 = own.astype(np.float64).ravel()
-            self.own_ff += float(o64 @ o64)
-            self.own_dd += float((q64 - o64) @ (q64 - o64))
+            self._add(own_ff=float(o64 @ o64), own_dd=float((q64 - o64) @ (q64 - o64)))
+
+    def merge(self, other: Stats) -> Stats:
+        """Add ``other`` (the same tensor over later samples) into this one, exactly; returns ``self``."""
+        for key in _SUMS:
+            for value in other.partials[key]:
+                add_exact(self.partials[key], value)
+        self.max_abs = max(self.max_abs, other.max_abs)
+        self.elements += other.elements
+        self.problem = other.problem or self.problem  # the last batch that did not compare, as in one pass
+        return self
 
     @property
     def cosine(self) -> float:
-        if self.ff == 0.0 and self.qq == 0.0:
+        ff, qq = self.ff, self.qq
+        if ff == 0.0 and qq == 0.0:
             return 1.0
-        return self.fq / math.sqrt(self.ff * self.qq) if self.ff > 0 and self.qq > 0 else 0.0
+        return self.fq / math.sqrt(ff * qq) if ff > 0 and qq > 0 else 0.0
 
     @staticmethod
     def _rel(dd: float, ff: float) -> float:
@@ -249,10 +287,11 @@ def _cast_inputs(feeds: Feeds, session) -> Feeds:
     return {k: v.astype(np.float16) if types.get(k) == "tensor(float16)" and v.dtype == np.float32 else v for k, v in feeds.items()}
 
 
-def _run_chunk(group: list[Pair], float_model, quant_model, batches: Callable[[], Iterator[Feeds]], stats: dict[str, Stats], marked: list[int]) -> None:
+def _run_chunk(group: list[Pair], float_model, quant_model, batches: Callable[[], Iterator[Feeds]], stats: dict[str, Stats], marked: list[int],
+               threads: int = 0) -> None:
     f_names = [p.float_name for p in group]
     q_names = list(dict.fromkeys([p.quant_name for p in group] + [p.own_name for p in group if p.own_name]))
-    so = session_options(opt_level="basic")  # no Q/DQ fusion: the values are what the graph says
+    so = session_options(threads, opt_level="basic")  # no Q/DQ fusion: the values are what the graph says
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle ORT threads would steal numpy's CPU
     fs, qs = make_session(_with_outputs(float_model, f_names), options=so), make_session(_with_outputs(quant_model, q_names), options=so)
     marked.extend([len(f_names), len(q_names)])
@@ -264,19 +303,42 @@ def _run_chunk(group: list[Pair], float_model, quant_model, batches: Callable[[]
         del f_out, q_out
 
 
-def compare_layers(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, batches: Callable[[], Iterator[Feeds]],
-                   *, samples: int, chunk_size: int = 64, sort: Literal["own", "total"] | None = None) -> AccuracyReport:
-    """Stream ``batches()`` (called once per chunk) through both models, chunk by chunk."""
+@dataclass
+class Collected:
+    """The pairs compared and their running sums: what one pass (or one shard) over the data gives."""
+
+    mode: Mode
+    pairs: list[Pair]
+    unmapped: list[str]
+    stats: dict[str, Stats]
+    marked: list[int]
+
+
+def collect_errors(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, batches: Callable[[], Iterator[Feeds]], *, chunk_size: int = 64,
+                   weights: bool = True, threads: int = 0) -> Collected:
+    """Stream ``batches()`` (called once per chunk) through both models, chunk by chunk; ``weights``: also compare the
+    tensors that depend on no input (on the first batch only)."""
     mode = detect_mode(quant_model)
     pairs, unmapped = map_qdq(float_model, quant_model) if mode == "qdq" else (map_same_names(float_model, quant_model), [])
     stats = {p.float_name: Stats() for p in pairs}
     marked: list[int] = []
-    first = lambda: _first(batches())  # noqa: E731 - weights need one batch
-    for static in (True, False):
+    first = lambda: _first(batches())  # weights need one batch
+    for static in (True, False) if weights else (False,):
         for group in chunks([p for p in pairs if p.static == static], chunk_size):
-            _run_chunk(group, float_model, quant_model, first if static else batches, stats, marked)
-    errors = [_error(p, stats[p.float_name], mode) for p in pairs]
-    return AccuracyReport(mode, samples, errors, sort or ("own" if mode == "qdq" else "total"), chunk_size, marked, unmapped)
+            _run_chunk(group, float_model, quant_model, first if static else batches, stats, marked, threads)
+    return Collected(mode, pairs, unmapped, stats, marked)
+
+
+def report_of(collected: Collected, *, samples: int, chunk_size: int, sort: Literal["own", "total"] | None = None) -> AccuracyReport:
+    c = collected
+    errors = [_error(p, c.stats[p.float_name], c.mode) for p in c.pairs]
+    return AccuracyReport(c.mode, samples, errors, sort or ("own" if c.mode == "qdq" else "total"), chunk_size, c.marked, c.unmapped)
+
+
+def compare_layers(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, batches: Callable[[], Iterator[Feeds]],
+                   *, samples: int, chunk_size: int = 64, sort: Literal["own", "total"] | None = None) -> AccuracyReport:
+    """Stream ``batches()`` (called once per chunk) through both models, chunk by chunk."""
+    return report_of(collect_errors(float_model, quant_model, batches, chunk_size=chunk_size), samples=samples, chunk_size=chunk_size, sort=sort)
 
 
 def _first(it: Iterator[Feeds]) -> Iterator[Feeds]:

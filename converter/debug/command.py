@@ -16,6 +16,7 @@ from pathlib import Path
 from converter import reporting
 from converter.command_api import Command, add_common
 from converter.debug.accuracy import compare_layers
+from converter.debug.sharded import compare_layers_sharded
 from converter.errors import EXIT_OK, UsageError
 from converter.feeds import Feeds, check_feeds, load_npz, seeded_feeds
 from converter.graph_info import graph_inputs
@@ -33,7 +34,8 @@ node had). fp16 models: tensors with the same name in both. Errors are over all 
 cosine, relative L2 (||lowered - float|| / ||float||, accumulated up to that tensor), max abs;
 for Q/DQ also 'own', the tensor's own quantization error (DQ(Q(x)) vs x inside the
 quantized model), which is what a bad scale shows in and what ranks by default.
-Memory stays bounded: at most --chunk-size tensors are marked as outputs per session."""
+Memory stays bounded: at most --chunk-size tensors are marked as outputs per session.
+--ray runs shards of the batches as Ray tasks; the sums are exact, so the report is the same."""
 
 
 def _positive(text: str) -> int:
@@ -61,6 +63,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     acc.add_argument("--threshold", type=float, default=0.05, help="a tensor's readers are suggested for exclusion when its error exceeds this and 3x the median error (default 0.05)")
     acc.add_argument("--sort", choices=["own", "total"], help="rank by own quantization error (Q/DQ default) or by accumulated error (fp16 default)")
     acc.add_argument("--seed", type=int, default=0, help="seed for --random (default 0)")
+    acc.add_argument("--ray", metavar="auto|ADDRESS", help="compare in shards of batches on a Ray cluster (the same report): auto = the local cluster, "
+                     "started when none runs; ADDRESS = a running cluster (HOST:6379 or ray://HOST:10001); needs pip install 'converter[ray]'")
     reporting.add_report_flag(acc)
     add_common(acc)
 
@@ -124,8 +128,8 @@ def render(report, top: int, threshold: float) -> str:
     for i, e in enumerate(report.ranked()[:top], 1):
         readers = ", ".join(e.consumers[:3]) + (f" (+{len(e.consumers) - 3})" if len(e.consumers) > 3 else "")
         rows.append([str(i), e.tensor, e.kind, f"{e.cosine:.6f}", _fmt(e.rel_l2), _fmt(e.max_abs), _fmt(e.own_rel_l2), e.problem or readers])
-    lines = [f"{report.mode} model: {len(report.errors)} tensors compared on {report.samples} samples, ranked by "
-             f"{'own quantization' if report.sort == 'own' else 'accumulated'} error (relative L2)"]
+    lines = [(f"{report.mode} model: {len(report.errors)} tensors compared on {report.samples} samples, ranked by "
+             f"{'own quantization' if report.sort == 'own' else 'accumulated'} error (relative L2)")]
     lines += table_lines(head, rows)
     if report.unmapped:
         lines.append(f"{len(report.unmapped)} DequantizeLinear outputs have no float counterpart: {', '.join(report.unmapped[:5])}")
@@ -160,12 +164,18 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
     float_model, quant_model = load_model(args.float_model).proto, load_model(args.quant_model).proto
     specs = graph_inputs(float_model)
     _same_inputs(specs, graph_inputs(quant_model))
-    if args.data is not None:
-        data = load_npz(args.data)
-        batches, samples = _npz_batches(data, specs, _batch_size(specs, args.batch_size, _samples(data)))
+    arrays = load_npz(args.data) if args.data is not None else None
+    if arrays is not None:
+        batch = _batch_size(specs, args.batch_size, _samples(arrays))
+        batches, samples = _npz_batches(arrays, specs, batch)
     else:
-        batches, samples = _random_batches(specs, args.random, _batch_size(specs, args.batch_size, args.random), args.seed)
-    report = compare_layers(float_model, quant_model, batches, samples=samples, chunk_size=args.chunk_size, sort=args.sort)
+        batch = _batch_size(specs, args.batch_size, args.random)
+        batches, samples = _random_batches(specs, args.random, batch, args.seed)
+    if args.ray:
+        report = compare_layers_sharded(float_model, quant_model, data=arrays, specs=specs, seed=args.seed, batch=batch, runs=samples // batch,
+                                        chunk_size=args.chunk_size, sort=args.sort, address=args.ray, log=log)
+    else:
+        report = compare_layers(float_model, quant_model, batches, samples=samples, chunk_size=args.chunk_size, sort=args.sort)
     if not report.errors:
         raise UsageError(f"{args.quant_model} has no DequantizeLinear and no float tensor named as in {args.float_model}: nothing to compare")
     data = {"float_model": str(args.float_model), "quant_model": str(args.quant_model), **report.to_json(args.top, args.threshold)}

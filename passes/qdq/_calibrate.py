@@ -7,7 +7,9 @@ data hash match, and else the model is run over the data. A model with a
 static batch of 1 is calibrated in batches on a copy made dynamic by the
 ``dynamic_batch`` pass; where that pass refuses, one sample at a time. The same
 analysis (run once, first) gives each input's sample axis (a recurrent state's
-axis 1; none for scalars, fed unchanged to every run), which ``?axes=`` overrides.
+axis 1; none for scalars, fed unchanged to every run), which ``?axes=`` overrides. With ``--ray``
+the statistics are collected in shards of the samples on a Ray cluster and merged exactly
+(:mod:`~converter.calibration.ray_runner`): the same ranges as in one process.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 import onnx
 
-from converter.calibration import CALIB_DATA, CALIB_RANDOM
+from converter.calibration import CALIB_DATA, CALIB_RANDOM, RAY
 from converter.calibration.batching import rebatch, window
 from converter.calibration.cache import (
     CalibrationCache,
@@ -35,9 +37,11 @@ from converter.calibration.cache import (
     trt_version_tag,
 )
 from converter.calibration.calibrators import Calibrator
-from converter.calibration.collector import Collector, value_infos
+from converter.calibration.collector import CollectResult, value_infos
 from converter.calibration.data import declared_axes, open_source
 from converter.calibration.expose import expose, subgraph_tensors
+from converter.calibration.ray_runner import collect_sharded
+from converter.calibration.shards import CollectorSettings
 from converter.calibration.sources import CalibSource, Feeds, sha256_text
 from converter.errors import UsageError
 from converter.graph_info import graph_inputs
@@ -148,9 +152,8 @@ def calibrate(model: onnx.ModelProto, tensors: list[str], settings: CalibSetting
                                   _replay(model, source, layout, settings, limit), _batch_for(model, layout, settings)[0])
             ctx.log.warning("calibration cache %s not reused: %s; recalibrating", path, reason)
     calib_model, feed_batch, exact = layout.model, layout.batch, layout.exact
-    collector = Collector(calib_model, run_tensors, histogram=settings.calibrator.needs_histogram, extremes_only=run_tensors[len(tensors) :],
-                          batch_size=feed_batch, exact_batch=exact, log=ctx.log)
-    collected = collector.run(source, limit=limit)
+    collected, ray_facts = _collect(calib_model, CollectorSettings(tuple(run_tensors), settings.calibrator.needs_histogram, tuple(run_tensors[len(tensors) :]),
+                                                                   feed_batch, exact), source, limit, ctx)
     if collected.samples == 0:
         raise UsageError(f"--calib-data {source.description}: no samples reached the model (batch {feed_batch})")
     stats = {back.get(t, t): s for t, s in collected.stats.items()}
@@ -162,6 +165,7 @@ def calibrate(model: onnx.ModelProto, tensors: list[str], settings: CalibSetting
         "tensor_chunks": collected.chunks,
         "calibration_seconds": round(collected.seconds, 3),
         "data": source.description,
+        **ray_facts,
     }
     if back:
         facts["subgraph_tensors"] = len(back)
@@ -176,6 +180,14 @@ def calibrate(model: onnx.ModelProto, tensors: list[str], settings: CalibSetting
         facts["cache"] = _save(path, CalibrationCache(label, ranges, hashes[0], hashes[1], collected.samples), ctx)
     return Calibrated(ranges, facts, _heldout(model, source, layout, settings, collected.samples), _replay(model, source, layout, settings, collected.samples),
                       _batch_for(model, layout, settings)[0])
+
+
+def _collect(model: onnx.ModelProto, collect: CollectorSettings, source: CalibSource, limit: int, ctx: PassContext) -> tuple[CollectResult, dict[str, Any]]:
+    """The statistics over the data: in this process, or with ``--ray`` in shards on a Ray cluster (the same numbers)."""
+    address = ctx.inputs.get(RAY)
+    if not address:
+        return collect.collector(model, ctx.log).run(source, limit=limit), {}
+    return collect_sharded(model, collect, source, limit=limit, address=address, log=ctx.log)
 
 
 def _batch_for(model: onnx.ModelProto, layout: Layout, settings: CalibSettings) -> tuple[int, bool]:
