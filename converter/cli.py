@@ -24,7 +24,7 @@ import onnxruntime as ort
 from converter import api, progress, reporting
 from converter.command_api import ArgParser, Command, add_common
 from converter.convert_args import backend_text, convert_parser
-from converter.convert_job import GoldenFailed, convert
+from converter.convert_job import GoldenFailed
 from converter.errors import EXIT_INTERNAL, EXIT_OK, ConverterError, VerifyDrift, shorten
 from converter.plugin_manager import Plugins, load_plugins
 from converter.text_table import printable
