@@ -111,6 +111,15 @@ def staging_folder(directory: Path) -> Iterator[Path]:
             _remove_dirs(created)
 
 
+def owned_folder(directory: Path) -> Path:
+    """A new folder in ``directory`` (which must exist) marked with this process as its owner, for a caller that removes it
+    itself; folders there whose owners died (a SIGKILL) are removed first, as the next run does for staging folders."""
+    remove_stale(directory)
+    tmp = Path(tempfile.mkdtemp(prefix=PREFIX, dir=directory))
+    (tmp / OWNER).write_text(f"{os.getpid()} {_start_time(os.getpid())}\n")
+    return tmp
+
+
 def _remove_dirs(created: Sequence[Path]) -> None:
     for d in created:  # deepest first
         with contextlib.suppress(OSError):

@@ -316,3 +316,20 @@ def test_browser_is_a_note_never_a_hang(monkeypatch: pytest.MonkeyPatch) -> None
     started = time.monotonic()
     assert serve.open_browser("http://127.0.0.1:1", opener=lambda u: time.sleep(30) or True, timeout=0.2) is None
     assert time.monotonic() - started < 5
+
+
+def test_a_killed_viewer_leaves_nothing_after_the_next_run(tmp_path: Path, viewers: list[Viewer]) -> None:
+    """SIGKILL cannot be caught: its private folder (links only) carries its owner, and the next `convert view` removes it."""
+    _model(tmp_path / "m.onnx")
+    first = Viewer("m.onnx", "--no-browser", "--port", "0", "--json", cwd=tmp_path)
+    viewers.append(first)
+    folder = _private_folder(_get(first.report()["servers"][0]["url"] + "/")[1])
+    first.proc.kill()
+    first.proc.wait(timeout=10)
+    assert folder.is_dir()  # left by the kill
+    second = Viewer("m.onnx", "--no-browser", "--port", "0", "--json", cwd=tmp_path)
+    viewers.append(second)
+    second.report()
+    assert not folder.exists()
+    rc, err = second.stop(signal.SIGINT)
+    assert rc == 0, err

@@ -37,6 +37,7 @@ from google.protobuf.message import DecodeError
 
 from converter.errors import BackendUnavailable, ConverterError, ModelError, UsageError, describe_exception
 from converter.external_data import check_external_data
+from converter.staging import owned_folder
 
 INSTALL_HINT = "pip install 'converter[view]'"
 
@@ -133,7 +134,7 @@ def _link_all(files: Sequence[Path], folder: Path) -> bool:
 def _stage(files: Sequence[Path], role: str) -> _Staged:
     """What to hand netron so that it can serve these files and no others (see the module docstring)."""
     model = files[0]
-    folder = Path(tempfile.mkdtemp(prefix=f"convert-view-{role}-"))
+    folder = owned_folder(Path(tempfile.gettempdir()))  # removed on stop; after a SIGKILL, by the next run (its owner is dead)
     served = folder / model.name
     if _link_all(files, folder):
         return _Staged(served, None, folder, None)
