@@ -21,6 +21,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from converter import ray_cluster as ray_connect
 from converter import reporting
 from converter.cli import main
 from converter.pytest_golden.checks import Check
@@ -333,7 +334,7 @@ def test_ray_retries_a_task_whose_worker_died(ray_cluster: str, tmp_path: Path, 
 def test_a_cluster_that_does_not_answer_exits_3(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     ray = pytest.importorskip("ray")
     monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh process, whether the module's cluster runs or not
-    monkeypatch.setattr(ray_pool, "CONNECT_TIMEOUT", 1.0)
+    monkeypatch.setattr(ray_connect, "CONNECT_TIMEOUT", 1.0)
     rc, out, err = _run(capsys, GOLDEN / "ppocr_cls", "--ray", "127.0.0.1:9", "-q")  # the discard port: nothing listens
     assert rc == 3 and out == "" and "--ray 127.0.0.1:9: cannot connect to a Ray cluster there" in err
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")  # auto with RAY_ADDRESS: that cluster or nothing

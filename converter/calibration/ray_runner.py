@@ -14,8 +14,6 @@ driver merges in shard order into exactly those of a single pass. Ray is optiona
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,65 +27,20 @@ from converter.calibration.collector import CollectResult
 from converter.calibration.shards import CollectorSettings, ShardResult, check_shardable, collect_shard, plan_shards
 from converter.calibration.sources import CalibSource
 from converter.calibration.stats import merge_stats
-from converter.errors import BackendUnavailable, ConverterError, UsageError, describe_exception
+from converter.errors import ConverterError, UsageError
+from converter.ray_cluster import connect, import_ray
 
-INSTALL = "pip install 'converter[ray]'"
 TASK_CPUS = 1
 """CPUs each shard asks Ray for, and the ONNX Runtime threads it runs with: one shard per CPU, no oversubscription."""
-_CONNECT_TIMEOUT_S = 5.0
 _MAX_MODEL_BYTES = 2**31 - 1
 """protobuf's limit for one serialized message: what goes to the workers in one piece."""
 
 
-def import_ray(flag: str = "--ray") -> ModuleType:
-    """The ``ray`` module; exit 3 naming the extra to install when it is missing."""
-    try:
-        import ray
-    except ImportError as exc:
-        raise BackendUnavailable(f"{flag} needs Ray, which is not installed here: {INSTALL}") from exc
-    return ray
-
-
-def _reachable(address: str, flag: str) -> None:
-    """Fail fast, in one line, when nothing listens at ``HOST:PORT`` (``ray.init`` would retry for minutes, logging to stderr)."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        raise UsageError(f"{flag} {address}: expected auto, HOST:PORT (the head node's GCS, e.g. 10.0.0.5:6379) or ray://HOST:PORT")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=_CONNECT_TIMEOUT_S).close()
-    except OSError as exc:
-        raise BackendUnavailable(f"{flag} {address}: no Ray cluster answers there ({describe_exception(exc, 120)}); "
-                                 f"start one with 'ray start --head', or use {flag} auto") from None
-
-
 @contextmanager
 def cluster(address: str, log: logging.Logger, flag: str = "--ray") -> Iterator[ModuleType]:
-    """Ray connected to the cluster ``address`` names (``auto``: the local one, started when none runs); disconnects (and stops what it started) at the end."""
-    ray = import_ray(flag)
-    if ray.is_initialized():
-        log.info("%s: using the Ray cluster this process is already connected to", flag)
-        yield ray
-        return
-    quiet: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR}
-    try:
-        if address == "auto":
-            try:
-                ray.init(address="auto", **quiet)
-            except ConnectionError as exc:
-                if "multiple" in str(exc).lower():  # several clusters run here: which one is the user's to say
-                    raise
-                log.info("%s auto: no Ray cluster runs here; starting a local one with %d CPUs", flag, os.cpu_count() or 1)
-                ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, **quiet)
-        else:
-            _reachable(address, flag)
-            ray.init(address=address, **quiet)
-    except (ConnectionError, ValueError, RuntimeError, TimeoutError) as exc:  # no cluster there, or several: exit 3, one line
-        hint = f"name one with {flag} HOST:PORT" if address == "auto" else f"start one with 'ray start --head', or use {flag} auto"
-        raise BackendUnavailable(f"{flag} {address}: cannot connect to a Ray cluster ({describe_exception(exc, 200)}); {hint}") from None
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
+    """Ray connected as :func:`converter.ray_cluster.connect` does (``auto``: the local cluster, started when none runs)."""
+    with connect(address, flag, log) as session:
+        yield session.ray
 
 
 def cluster_cpus(ray: ModuleType) -> int:
@@ -144,3 +97,6 @@ def collect_sharded(model: onnx.ModelProto, settings: CollectorSettings, source:
                               chunk_sizes=results[0].chunk_sizes if results else [])
     facts = {"ray_shards": len(shards), "ray_cpus": cpus, "ray_shard_seconds": [round(r.seconds, 3) for r in results]}
     return collected, facts
+
+
+__all__ = ["TASK_CPUS", "cluster", "cluster_cpus", "collect_sharded", "gather", "import_ray"]
