@@ -58,6 +58,17 @@ class Command(ABC):
         """Do the work; return the exit code."""
 
 
+def positive_int(text: str) -> int:
+    """argparse ``type=`` for counts (``--workers``, ``--top``): an integer >= 1, or a one-line usage error."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' must be >= 1")
+    return value
+
+
 def emit_json(data: Any) -> None:
     """Print ``data`` as indented JSON on stdout, as it is (built-in commands print versioned report
     documents through :func:`converter.reporting.emit`; a plugin command may use either)."""

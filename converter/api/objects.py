@@ -28,25 +28,22 @@ def options_from(options_cls: type, values: Mapping[str, Any], owner: str) -> An
     return build_options(options_cls, {k: option_text(v) for k, v in values.items() if v is not None}, owner)
 
 
-def get_pass(name: str, plugins: Plugins | None = None) -> Callable[..., Pass]:
-    """The pass registered as ``name``: call it with options to get an instance (``get_pass("qdq")(calibrator="entropy")``)."""
-    cls = (plugins or default_plugins()).passes.get(name).cls
+def _factory(cls: type, kind: str, name: str) -> Callable[..., Any]:
+    """``cls`` as a callable taking its options as keyword arguments (checked as ``name{k=v}`` text is)."""
 
-    def make(**options: Any) -> Pass:
-        return cls(options_from(cls.Options, options, f"pass '{name}'"))
-
-    make.__name__ = make.__qualname__ = name
-    make.__doc__ = f"{cls.summary}\n\nOptions: {', '.join(f.name for f in getattr(cls.Options, '__dataclass_fields__', {}).values()) or 'none'}."
-    return make
-
-
-def get_backend(name: str, plugins: Plugins | None = None) -> Callable[..., Backend]:
-    """The backend registered as ``name``: call it with options to get an instance (``get_backend("ort")(threads=2)``)."""
-    cls = (plugins or default_plugins()).backends.get(name).cls
-
-    def make(**options: Any) -> Backend:
-        return cls(options_from(cls.Options, options, f"backend '{name}'"))
+    def make(**options: Any) -> Any:
+        return cls(options_from(cls.Options, options, f"{kind} '{name}'"))
 
     make.__name__ = make.__qualname__ = name
     make.__doc__ = f"{cls.summary}\n\nOptions: {', '.join(getattr(cls.Options, '__dataclass_fields__', {})) or 'none'}."
     return make
+
+
+def get_pass(name: str, plugins: Plugins | None = None) -> Callable[..., Pass]:
+    """The pass registered as ``name``: call it with options to get an instance (``get_pass("qdq")(calibrator="entropy")``)."""
+    return _factory((plugins or default_plugins()).passes.get(name).cls, "pass", name)
+
+
+def get_backend(name: str, plugins: Plugins | None = None) -> Callable[..., Backend]:
+    """The backend registered as ``name``: call it with options to get an instance (``get_backend("ort")(threads=2)``)."""
+    return _factory((plugins or default_plugins()).backends.get(name).cls, "backend", name)

@@ -13,8 +13,8 @@ from converter.api.objects import default_plugins
 from converter.benchmark import BenchRun
 from converter.benchmark import bench as run_bench
 from converter.compare import Tolerance
-from converter.torch_export.job import EXPORT_TOLERANCE, ExportOutcome, ExportRequest, run_export
 from converter.plugin_manager import Plugins
+from converter.torch_export.job import EXPORT_TOLERANCE, ExportOutcome, ExportRequest, run_export
 
 PathLike = str | os.PathLike[str]
 

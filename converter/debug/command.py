@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from converter import reporting
-from converter.command_api import Command, add_common
+from converter.command_api import Command, add_common, positive_int
 from converter.debug.accuracy import compare_layers
 from converter.debug.sharded import compare_layers_sharded
 from converter.errors import EXIT_OK, UsageError
@@ -38,16 +38,6 @@ Memory stays bounded: at most --chunk-size tensors are marked as outputs per ses
 --ray runs shards of the batches as Ray tasks; the sums are exact, so the report is the same."""
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"'{text}' must be >= 1")
-    return value
-
-
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     dsub = p.add_subparsers(dest="debug_command", required=True, parser_class=type(p))
     acc = dsub.add_parser("accuracy", help="compare a float and a quantized (Q/DQ or fp16) model layer by layer",
@@ -56,10 +46,10 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     acc.add_argument("quant_model", type=Path, help="the same model after qdq or fp16")
     src = acc.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", type=Path, metavar="FEEDS.npz", help="inputs keyed by input name, first axis = samples")
-    src.add_argument("--random", type=_positive, metavar="N", help="N seeded random samples (a warning: real data shows real errors)")
-    acc.add_argument("--batch-size", type=_positive, help="samples per run (default: the model's static batch, else 8)")
-    acc.add_argument("--top", type=_positive, default=10, help="tensors to list (default 10)")
-    acc.add_argument("--chunk-size", type=_positive, default=64, help="most tensors marked as outputs per session (default 64)")
+    src.add_argument("--random", type=positive_int, metavar="N", help="N seeded random samples (a warning: real data shows real errors)")
+    acc.add_argument("--batch-size", type=positive_int, help="samples per run (default: the model's static batch, else 8)")
+    acc.add_argument("--top", type=positive_int, default=10, help="tensors to list (default 10)")
+    acc.add_argument("--chunk-size", type=positive_int, default=64, help="most tensors marked as outputs per session (default 64)")
     acc.add_argument("--threshold", type=float, default=0.05, help="a tensor's readers are suggested for exclusion when its error exceeds this and 3x the median error (default 0.05)")
     acc.add_argument("--sort", choices=["own", "total"], help="rank by own quantization error (Q/DQ default) or by accumulated error (fp16 default)")
     acc.add_argument("--seed", type=int, default=0, help="seed for --random (default 0)")

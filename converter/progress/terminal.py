@@ -31,6 +31,12 @@ def _seconds(s: float) -> str:
 
 def summary(task: Task) -> str:
     """``calibrate: 512/512 samples, 29.8 samples/s, 17.2 s``: a finished (or running) step in one line."""
+    parts = [*_counts(task), _seconds(task.elapsed)]
+    return f"{'  ' * task.depth}{task.name}: {', '.join(parts)}" + (" (failed)" if task.failed else "")
+
+
+def _counts(task: Task) -> list[str]:
+    """How far a step is: ``3/8 samples``, its rate, its note."""
     parts = []
     if task.total is not None:
         parts.append(f"{_amount(task.completed, '')}/{_amount(task.total, task.unit)}")
@@ -40,8 +46,7 @@ def summary(task: Task) -> str:
         parts.append(f"{task.rate:.1f} {task.unit}/s")
     if task.detail:
         parts.append(task.detail)
-    parts.append(_seconds(task.elapsed))
-    return f"{'  ' * task.depth}{task.name}: {', '.join(parts)}" + (" (failed)" if task.failed else "")
+    return parts
 
 
 class LineReporter(Reporter):
@@ -103,16 +108,7 @@ class LiveReporter(Reporter):
         self._started = False
 
     def _info(self, task: Task) -> str:
-        parts = []
-        if task.total is not None:
-            parts.append(f"{_amount(task.completed, '')}/{_amount(task.total, task.unit)}")
-        elif task.completed:
-            parts.append(_amount(task.completed, task.unit))
-        if task.rate is not None and task.unit:
-            parts.append(f"{task.rate:.1f} {task.unit}/s")
-        if task.detail:
-            parts.append(task.detail)
-        return ", ".join(parts)
+        return ", ".join(_counts(task))
 
     def start(self, task: Task) -> None:
         if not self._started:

@@ -18,8 +18,8 @@ and the torch module is passed to the functions that need it.
 """
 
 from converter.command_api import CommandRegistry
-from converter.torch_export.command import ExportCommand
 from converter.hookspecs import hookimpl
+from converter.torch_export.command import ExportCommand
 
 
 @hookimpl

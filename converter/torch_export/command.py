@@ -17,10 +17,10 @@ from converter import reporting
 from converter.command_api import Command
 from converter.convert_job import GoldenFailed
 from converter.errors import EXIT_OK, UsageError
+from converter.plugin_manager import Plugins
 from converter.torch_export.job import EXPORT_TOLERANCE, ExportCheckFailed, ExportRequest, plan, run_export
 from converter.torch_export.then import parse_then, run_then
 from converter.torch_export.torch_env import require_torch
-from converter.plugin_manager import Plugins
 
 DESCRIPTION = """Export a PyTorch model to ONNX and check it against torch.
 

@@ -13,8 +13,8 @@ import re
 
 import onnx
 
-from converter.torch_export.dynamic import DynamicAxes
 from converter.graph_info import iter_graphs
+from converter.torch_export.dynamic import DynamicAxes
 
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 

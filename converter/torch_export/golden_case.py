@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from converter.compare import DEFAULT_TOLERANCES, Tolerance
-from converter.torch_export.verify import VerifyReport
 from converter.golden import DataSet, GoldenCase, record_case
 from converter.model_io import sha256_of_files
+from converter.torch_export.verify import VerifyReport
 
 
 def record_torch_case(

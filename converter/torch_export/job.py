@@ -18,6 +18,10 @@ from converter import progress
 from converter.backend_api import TensorSpec
 from converter.compare import DEFAULT_TOLERANCES, Tolerance
 from converter.errors import CheckFailed, UsageError
+from converter.golden import MANIFEST, GoldenCase
+from converter.graph_info import graph_inputs, graph_outputs
+from converter.model_io import ensure_not_input, write_model
+from converter.staging import commit_files, staging_folder
 from converter.torch_export import dynamic
 from converter.torch_export.dynamic import DEFAULT_BATCHES, DynamicAxes, check_points, check_sizes, given_sizes, parse_dynamic, parse_sizes
 from converter.torch_export.exporter import Exported, export
@@ -27,10 +31,6 @@ from converter.torch_export.opset_check import OpsetReport, check_file, fix_spli
 from converter.torch_export.spec import Spec, load_model, parse_spec
 from converter.torch_export.torch_env import require_torch
 from converter.torch_export.verify import VerifyReport, verify
-from converter.golden import MANIFEST, GoldenCase
-from converter.graph_info import graph_inputs, graph_outputs
-from converter.model_io import ensure_not_input, write_model
-from converter.staging import commit_files, staging_folder
 
 log = logging.getLogger("converter.torch_export")
 

@@ -16,11 +16,11 @@ import onnxruntime as ort
 
 from converter.compare import Comparison, Tolerance, compare
 from converter.errors import ModelError, describe_exception
+from converter.golden import DataSet
+from converter.ort_session import session_options
 from converter.torch_export.dynamic import DynamicAxes, sizes_text
 from converter.torch_export.exporter import run_torch
 from converter.torch_export.inputs import InputSpec, sample_feeds
-from converter.golden import DataSet
-from converter.ort_session import session_options
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from converter import progress, reporting
-from converter.command_api import Command, add_common
+from converter.command_api import Command, add_common, positive_int
 from converter.errors import EXIT_OK, CheckFailed
 from converter.plugin_manager import Plugins
 from converter.zoo import junit, local, ray_pool
@@ -36,20 +36,10 @@ stopped after it; or the cluster at ADDRESS). The table lists checks in discover
 order they finish in, so every way gives the same table but for the seconds."""
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"'{text}' must be >= 1")
-    return value
-
-
 def add_check_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="a golden case folder, or a folder searched (recursively) for cases")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=_positive, metavar="N",
+    where.add_argument("--workers", type=positive_int, metavar="N",
                        help="worker processes on this machine (default 1: serially in this process; at most one per check)")
     where.add_argument("--ray", metavar="auto|ADDRESS", help="run on a Ray cluster: 'auto' (a running one, else one started for this run) or its address")
     p.add_argument("--backend", metavar="NAME", help="only the checks on this backend (its name, options aside: onnx, ort, tensorrt)")

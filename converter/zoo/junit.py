@@ -10,15 +10,14 @@ beside PATH and renamed into place.
 
 from __future__ import annotations
 
-import os
+import io
 import re
 import socket
-import tempfile
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 from pathlib import Path
 
-from converter.errors import UsageError
+from converter.reporting import check_output_path, write_atomic
 from converter.zoo.report import ZooReport
 from converter.zoo.runner import ERROR, FAILED, SKIPPED
 
@@ -31,12 +30,7 @@ def _clean(text: str) -> str:
 
 def check_path(path: Path | None) -> None:
     """Refuse, before any work, a path that is a folder or has no folder to go in."""
-    if path is None:
-        return
-    if path.is_dir():
-        raise UsageError(f"--junit-xml {path} is a directory; give a file path such as zoo.xml")
-    if not path.absolute().parent.is_dir():
-        raise UsageError(f"--junit-xml {path}: folder {path.absolute().parent} does not exist")
+    check_output_path(path, "--junit-xml", "zoo.xml")
 
 
 def to_xml(report: ZooReport) -> ET.ElementTree:
@@ -65,15 +59,6 @@ def to_xml(report: ZooReport) -> ET.ElementTree:
 def write(path: Path, report: ZooReport) -> Path:
     """Write the XML to ``path`` atomically (temporary file + rename); returns the path."""
     check_path(path)
-    target = path.absolute()
-    fd, tmp = tempfile.mkstemp(prefix=".zoo-junit-", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            to_xml(report).write(f, encoding="utf-8", xml_declaration=True)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
-
+    data = io.BytesIO()
+    to_xml(report).write(data, encoding="utf-8", xml_declaration=True)
+    return write_atomic(path, data.getvalue())
