@@ -9,15 +9,16 @@ and build the request with :func:`request_from_args`, so every flag means the sa
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from pathlib import Path
 
-from converter.version import __version__
 from converter.command_api import ArgParser, add_common
 from converter.convert_job import ConvertRequest
 from converter.errors import UsageError
 from converter.pipeline_text import format_step, parse_step
 from converter.plugin_manager import Plugins
 from converter.reporting import add_report_flag
+from converter.version import __version__
 
 EPILOG = (
     "Other subcommands: {commands} (each has --help). "
@@ -53,13 +54,17 @@ def convert_parser(plugins: Plugins) -> argparse.ArgumentParser:
 
 def backend_text(args: argparse.Namespace, plugins: Plugins) -> str:
     """``-b`` with the values of plugin backend flags (``--min-shapes`` ...) folded in as options."""
-    extra = plugins.options.backend_flag_values(args)
+    return fold_backend_options(str(args.backend), plugins.options.backend_flag_values(args), f"-b {args.backend}")
+
+
+def fold_backend_options(text: str, extra: Mapping[str, tuple[str, str]], where: str) -> str:
+    """``text`` (``name{k=v}``) with ``extra`` options (option -> (what gave it, value)) added; one given twice is a usage error."""
     if not extra:
-        return str(args.backend)
-    step = parse_step(args.backend)
-    for option, (flag, value) in extra.items():
+        return text
+    step = parse_step(text)
+    for option, (given_as, value) in extra.items():
         if option in step.options:
-            raise UsageError(f"{flag} is given twice (also in -b {args.backend})")
+            raise UsageError(f"{given_as} is given twice (also in {where})")
         step.options[option] = value
     return format_step(step)
 

@@ -329,13 +329,17 @@ def check(
     The result is true when every output is within the case's tolerance for ``precision`` (default: what the
     artifact is: Q/DQ -> int8, float16 -> fp16, else fp32); ``result.table()`` is what ``golden check`` prints.
     """
-    opened = artifact_from_disk(Path(artifact), backend)
+    return check_artifact(artifact_from_disk(Path(artifact), backend), case, precision=precision, plugins=plugins)
+
+
+def check_artifact(artifact: Artifact, case: str | os.PathLike[str], *, precision: str | None = None, plugins: Plugins | None = None) -> CaseResult:
+    """:func:`check` on an artifact already opened (its manifest verified) with :func:`~converter.artifacts.artifact_from_disk`."""
     loaded_case = load_case(case)
-    cls = (plugins or load_plugins()).backends.get(opened.backend).cls
+    cls = (plugins or load_plugins()).backends.get(artifact.backend).cls
     avail = cls.availability()
     if not avail:
         raise BackendUnavailable(f"backend '{cls.name}' is unavailable: {avail.reason}")
-    return check_case(cls(cls.Options()).load(opened), loaded_case, precision or artifact_precision(opened))
+    return check_case(cls(cls.Options()).load(artifact), loaded_case, precision or artifact_precision(artifact))
 
 
 def recorded_files(model: Path) -> list[Path]:

@@ -22,6 +22,7 @@ import onnx
 from converter import reporting
 from converter.api.objects import default_plugins
 from converter.backend_api import Backend
+from converter.convert_args import fold_backend_options
 from converter.convert_job import ConvertOutcome, ConvertRequest, GoldenFailed
 from converter.convert_job import convert as run_convert
 from converter.errors import UsageError
@@ -127,7 +128,7 @@ def convert(
         else:
             req.pass_objects = list(passes)
         if isinstance(backend, str):
-            req.backend = _with_flags(backend, backend_flags)
+            req.backend = fold_backend_options(backend, {k: (f"{k}=", v) for k, v in backend_flags.items()}, f"backend='{backend}'")
         else:
             if backend_flags:
                 raise UsageError(f"backend flags ({', '.join(backend_flags)}) go into the backend object's options when backend is an object")
@@ -144,17 +145,3 @@ def convert(
     finally:
         for folder in scratch:
             folder.cleanup()
-
-
-def _with_flags(text: str, extra: Mapping[str, str]) -> str:
-    """``-b`` text with backend-flag values folded in as options (what the CLI does with ``--min-shapes``)."""
-    if not extra:
-        return text
-    from converter.pipeline_text import format_step, parse_step
-
-    step = parse_step(text)
-    for option, value in extra.items():
-        if option in step.options:
-            raise UsageError(f"backend option '{option}' is given twice (as an argument and in backend='{text}')")
-        step.options[option] = value
-    return format_step(step)

@@ -50,10 +50,10 @@ def record(args: argparse.Namespace) -> int:
 
 
 def check(args: argparse.Namespace, plugins: Plugins) -> int:
-    """``golden check``: :func:`converter.golden.check` with the parsed flags; exit 1 when it fails."""
+    """``golden check``: :func:`converter.golden.check` with the parsed flags (the artifact opened once); exit 1 when it fails."""
     reporting.check_report_path(args.report, [args.artifact])
-    result = golden.check(args.artifact, args.case, precision=args.precision, backend=args.backend, plugins=plugins)
-    artifact = artifact_from_disk(args.artifact, args.backend)
+    artifact = artifact_from_disk(args.artifact, args.backend)  # opened (and its manifest verified) once
+    result = golden.check_artifact(artifact, args.case, precision=args.precision, plugins=plugins)
     data = {"artifact": {"path": str(artifact.path), "backend": artifact.backend, "manifest": artifact.manifest}, **result.to_json()}
     if args.json:
         reporting.emit("golden check", data)
