@@ -22,6 +22,7 @@ from pathlib import Path
 
 import onnx
 
+from converter import lazy_weights
 from converter.errors import ModelError
 
 _KNOWN_KEYS = {"location", "offset", "length", "checksum", "basepath"}
@@ -108,10 +109,7 @@ class _Info:
 
 
 def _fail(model: Path, ref: ExternalRef, location: str, why: str) -> ModelError:
-    return ModelError(
-        f"{model}: external data of tensor {ref.name!r} ({ref.where}) at location {location!r} {why}; "
-        "external data must be a file inside the model's folder"
-    )
+    return ModelError(f"{model}: external data of tensor {ref.name!r} ({ref.where}) at location {location!r} {why}; external data must be a file inside the model's folder")
 
 
 def _info(model: Path, ref: ExternalRef) -> _Info:
@@ -196,18 +194,27 @@ def check_external_data(model: onnx.ModelProto, model_path: str | os.PathLike[st
     return list(files)
 
 
-def load_remaining_external_data(model: onnx.ModelProto, model_path: str | os.PathLike[str]) -> None:
+def load_remaining_external_data(model: onnx.ModelProto, model_path: str | os.PathLike[str], *, lazy_min_bytes: int | None = None) -> int:
     """Read into memory every tensor still stored externally (sparse tensors, which ONNX's loader skips).
 
     Each location is checked again (as by :func:`check_external_data`) and read from the checked
-    real path, so the bytes come from the file that was checked and nowhere else.
+    real path, so the bytes come from the file that was checked and nowhere else. With
+    ``lazy_min_bytes``, a main-graph initializer of at least that many bytes is not read but marked
+    lazy with its checked real path (:mod:`converter.lazy_weights`). Returns the bytes left lazy.
     """
     p = Path(model_path)
     root = os.path.realpath(p.parent)
+    main_initializer = f"graph {model.graph.name!r} initializer" if model.HasField("graph") else None
+    left = 0
     for ref in external_refs(model):
         info = _info(p, ref)
         _, real = _resolve(p, ref, info, root)
         _check_bounds(p, ref, info, real)
+        size = info.length if info.length is not None else os.stat(real).st_size - info.offset
+        if lazy_min_bytes is not None and ref.where == main_initializer and size >= lazy_min_bytes:
+            lazy_weights.mark_lazy(ref.tensor, real)
+            left += size
+            continue
         try:
             with open(real, "rb") as fh:
                 fh.seek(info.offset)
@@ -218,3 +225,4 @@ def load_remaining_external_data(model: onnx.ModelProto, model_path: str | os.Pa
         t.raw_data = data
         del t.external_data[:]
         t.data_location = onnx.TensorProto.DEFAULT
+    return left

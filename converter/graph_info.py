@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from converter import lazy_weights
 from converter.backend_api import TensorSpec
 
 
@@ -92,8 +93,5 @@ def initializer_bytes(model: onnx.ModelProto) -> int:
     total = 0
     for g in iter_graphs(model.graph):
         for t in g.initializer:
-            if t.HasField("raw_data"):
-                total += len(t.raw_data)
-            else:
-                total += onnx.numpy_helper.to_array(t).nbytes
+            total += lazy_weights.nbytes(t)
     return total

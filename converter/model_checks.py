@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator
 import onnx
 from onnx import AttributeProto, TensorProto
 
+from converter import lazy_weights
 from converter.errors import ModelError
 
 # elements per storage unit in raw_data (bits per element); types missing here are not size-checked
@@ -87,12 +88,16 @@ def check_tensor(t: TensorProto, what: str) -> None:
         raise ModelError(f"{what} has negative dims {dims}")
     if t.data_type not in _KNOWN_TYPES:
         raise ModelError(f"{what} has element type {_type_name(t.data_type) if t.data_type else 'UNDEFINED (0)'}")
-    if t.HasField("data_location") and t.data_location == TensorProto.EXTERNAL:
-        return  # left external by the loader (it reads every reference in): nothing in memory to compare
     n = 1
     for d in dims:
         n *= d
     shape = f"{_type_name(t.data_type)} {dims}"
+    if t.HasField("data_location") and t.data_location == TensorProto.EXTERNAL:
+        # left in its file (lazy weights): its byte range must hold exactly the values its dims say
+        bits = _BITS.get(t.data_type)
+        if lazy_weights.is_lazy(t) and bits is not None and lazy_weights.source(t)[2] != _ceil_div(n * bits, 8):
+            raise ModelError(f"{what} ({shape}) has {lazy_weights.source(t)[2]} bytes of external data, expected {_ceil_div(n * bits, 8)}")
+        return
     if t.data_type == TensorProto.STRING:
         if t.raw_data:
             raise ModelError(f"{what} ({shape}) stores strings in raw_data, which ONNX does not allow")

@@ -20,6 +20,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
+from converter import lazy_weights
 from converter.errors import ModelError, UsageError, describe_exception
 from converter.external_data import check_external_data, load_remaining_external_data
 from converter.model_checks import validate_model
@@ -36,6 +37,7 @@ class LoadedModel:
     path: Path
     sha256: str
     external_data_files: list[Path] = field(default_factory=list)
+    lazy_bytes: int = 0  # weights left in their files (converter.lazy_weights)
 
     @property
     def has_external_data(self) -> bool:
@@ -77,7 +79,11 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
         raise ModelError(f"{p} does not contain an ONNX graph; pass a model exported to .onnx")
     # every reference (sparse and attribute tensors too) must be a file inside the model's folder
     files = check_external_data(proto, p)
-    if files:
+    lazy = 0
+    if files and sum(f.stat().st_size for f in files) >= lazy_weights.threshold():
+        # big weights stay in their (checked) files; passes read them one tensor at a time
+        lazy = load_remaining_external_data(proto, p, lazy_min_bytes=min(lazy_weights.MIN_TENSOR_BYTES, lazy_weights.threshold()))
+    elif files:
         try:
             external_data_helper.load_external_data_for_model(proto, str(p.parent))
         except (OSError, ValueError, onnx.checker.ValidationError) as exc:
@@ -85,7 +91,7 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
         # ONNX's loader skips sparse tensors; ONNX Runtime would resolve them against the CWD
         load_remaining_external_data(proto, p)
     validate_model(proto, str(p))
-    return LoadedModel(proto=proto, path=p, sha256=sha256_of_files([p, *files]), external_data_files=files)
+    return LoadedModel(proto=proto, path=p, sha256=sha256_of_files([p, *files]), external_data_files=files, lazy_bytes=lazy)
 
 
 def same_file(a: Path, b: Path) -> bool:
@@ -128,9 +134,12 @@ def serialized_size(proto: onnx.ModelProto) -> int:
 def write_model(proto: onnx.ModelProto, path: Path, *, external_data: bool | None = None) -> list[Path]:
     """Write ``proto`` to ``path`` (not atomic by itself: call it inside :func:`atomic_outputs`).
 
-    ``external_data=None`` keeps weights inline unless the model is too big for one protobuf.
+    ``external_data=None`` keeps weights inline unless the model is too big for one protobuf; a model
+    with lazy weights always writes them external, copied file to file.
     Returns every file written. The in-memory ``proto`` is left untouched.
     """
+    if lazy_weights.has_lazy(proto):
+        return lazy_weights.write_external(proto, path)
     if external_data is None:
         external_data = serialized_size(proto) >= PROTOBUF_LIMIT
     if not external_data:

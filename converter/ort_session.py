@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from converter import lazy_weights
 from converter.onnx_calls import model_source
 
 
@@ -31,10 +32,23 @@ def make_session(
     options: ort.SessionOptions | None = None,
     provider_options: Sequence[dict[str, str]] | None = None,
 ) -> ort.InferenceSession:
-    """A session on ``model``; models past protobuf's 2 GiB go through a temporary file with external data."""
+    """A session on ``model``; models past protobuf's 2 GiB go through a temporary file with external data.
+
+    Lazy weights (:mod:`converter.lazy_weights`) go to ONNX Runtime as memory-mapped arrays, without
+    pre-packing (which would copy every MatMul weight): memory stays the weights' size, shared with
+    the page cache, whatever ``options`` say.
+    """
     so = options or session_options()
+    lazy = lazy_weights.ort_initializers(model)
+    if lazy:
+        so.add_session_config_entry("session.disable_prepacking", "1")
+        values = [ort.OrtValue.ortvalue_from_numpy_with_onnx_type(a, elem) for _, a, elem in lazy]
+        so.add_external_initializers([name for name, _, _ in lazy], values)
     with model_source(model, "converter-ort-") as src:
-        return ort.InferenceSession(src, sess_options=so, providers=list(providers), provider_options=list(provider_options) if provider_options else None)
+        sess = ort.InferenceSession(src, sess_options=so, providers=list(providers), provider_options=list(provider_options) if provider_options else None)
+    if lazy:
+        sess._converter_weights = (lazy, values)  # type: ignore[attr-defined]  # must outlive the session
+    return sess
 
 
 def run_session(sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

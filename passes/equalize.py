@@ -31,6 +31,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from converter import lazy_weights
 from converter.graph_edit import node_inputs, unique_name
 from converter.graph_info import iter_graphs
 from converter.options import bounded
@@ -117,10 +118,10 @@ class _Graph:
 
     def const(self, name: str) -> np.ndarray | None:
         if name in self.inits:
-            return numpy_helper.to_array(self.inits[name], base_dir=self.model_dir)
+            return lazy_weights.to_array(self.inits[name], base_dir=self.model_dir)
         node = self.const_nodes.get(name)
         t = constant_node_tensor(node) if node is not None else None
-        return numpy_helper.to_array(t) if t is not None else None
+        return lazy_weights.to_array(t) if t is not None else None
 
     def others(self, name: str, reader: int) -> str:
         """Who else reads ``name`` besides node ``reader`` ('' when nobody)."""

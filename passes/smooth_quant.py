@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from converter import lazy_weights
 from converter.calibration import CALIB_DATA, CALIB_RANDOM, open_source
 from converter.calibration.batching import rebatch, samples_in
 from converter.calibration.collector import calibration_model, check_feeds, plan_chunks, value_infos
@@ -251,7 +252,7 @@ class _Editor:
         self.replaced: set[str] = set()
 
     def read(self, name: str) -> np.ndarray:
-        return numpy_helper.to_array(self.consts[name], base_dir=self.model_dir)
+        return lazy_weights.to_array(self.consts[name], base_dir=self.model_dir)
 
     def add(self, base: str, value: np.ndarray) -> str:
         name = unique_name(base, self.taken)

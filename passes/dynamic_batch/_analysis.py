@@ -19,8 +19,8 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 
 import onnx
-from onnx import numpy_helper
 
+from converter import lazy_weights
 from converter.graph_edit import node_inputs
 from converter.graph_info import iter_graphs
 from converter.passes.dynamic_batch._facts import Rewrite
@@ -146,7 +146,7 @@ class Analysis:
             t = attr(prod, "value")
         if t is None:
             return None
-        return [float(x) for x in numpy_helper.to_array(t).reshape(-1)]
+        return [float(x) for x in lazy_weights.to_array(t).reshape(-1)]
 
     def static_ints(self, name: str, what: str) -> list[int]:
         """A constant integer input (axes, pads, repeats) as a list; refuses when not constant."""

@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
+
+from converter import lazy_weights
 
 MAX_ELEMENTS = 64
 """Tensors with more elements are never tracked: shape values are short."""
@@ -138,7 +140,7 @@ def tensor_value(t: onnx.TensorProto) -> Value | None:
         return None
     if int(np.prod(t.dims, dtype=np.int64)) > MAX_ELEMENTS:
         return None
-    return from_ints(numpy_helper.to_array(t).astype(np.int64))
+    return from_ints(lazy_weights.to_array(t).astype(np.int64))
 
 
 def constant_node_value(node: onnx.NodeProto) -> Value | None:
@@ -333,7 +335,7 @@ def _static_numpy(fn: Callable[..., np.ndarray], n_out: int = 1) -> Evaluator:
 
 def _constant_of_shape(node: onnx.NodeProto, shape: np.ndarray) -> np.ndarray:
     t = _attr(node, "value")
-    fill = int(numpy_helper.to_array(t).reshape(-1)[0]) if t is not None else 0
+    fill = int(lazy_weights.to_array(t).reshape(-1)[0]) if t is not None else 0
     if t is not None and t.data_type not in _INT_TYPES:
         raise _NotInt
     return np.full(tuple(int(s) for s in shape), fill, dtype=np.int64)

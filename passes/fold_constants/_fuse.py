@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from converter import lazy_weights
 from converter.graph_edit import unique_name
 from converter.passes.fold_constants._constants import delete_at, is_default_domain
 from converter.passes.fold_constants._graph import constants, drop_dead, reader_counts, taken_names
@@ -58,7 +59,7 @@ def _factors(follower: onnx.NodeProto, conv_out: str, consts: dict[str, onnx.Ten
         params = [consts.get(x) for x in follower.input[1:5]]
         if any(p is None or p.data_type != dtype or p.data_location == onnx.TensorProto.EXTERNAL for p in params):
             return None
-        scale, bias, mean, var = (numpy_helper.to_array(p).astype(np.float64) for p in params)
+        scale, bias, mean, var = (lazy_weights.to_array(p).astype(np.float64) for p in params)
         if any(p.shape != (channels,) for p in (scale, bias, mean, var)):
             return None
         s = scale / np.sqrt(var + float(_attr(follower, "epsilon", 1e-5)))
@@ -67,7 +68,7 @@ def _factors(follower: onnx.NodeProto, conv_out: str, consts: dict[str, onnx.Ten
         other = follower.input[1] if follower.input[0] == conv_out else follower.input[0]
         if other == conv_out or other not in consts or consts[other].data_type != dtype or consts[other].data_location == onnx.TensorProto.EXTERNAL:
             return None
-        c = _per_channel(numpy_helper.to_array(consts[other]), channels, rank)
+        c = _per_channel(lazy_weights.to_array(consts[other]), channels, rank)
         if c is None:
             return None
         return (np.ones(channels), c) if op == "Add" else (c, np.zeros(channels))
@@ -96,12 +97,12 @@ def fuse_conv(graph: onnx.GraphProto, opset: int) -> int:
         if has_bias and (node.input[2] not in consts or consts[node.input[2]].data_type != w_t.data_type or consts[node.input[2]].data_location == onnx.TensorProto.EXTERNAL):
             continue
         idx = reader_of[out]
-        w = numpy_helper.to_array(w_t)
+        w = lazy_weights.to_array(w_t)
         found = _factors(graph.node[idx], out, consts, w.shape[0], w.ndim, w_t.data_type)
         if found is None:
             continue
         scale, shift = found
-        b = numpy_helper.to_array(consts[node.input[2]]).astype(np.float64) if has_bias else np.zeros(w.shape[0])
+        b = lazy_weights.to_array(consts[node.input[2]]).astype(np.float64) if has_bias else np.zeros(w.shape[0])
         new_w = (w.astype(np.float64) * scale.reshape((-1,) + (1,) * (w.ndim - 1))).astype(w.dtype)
         new_b = (b * scale + shift).astype(w.dtype)
         follower = graph.node[idx]
@@ -128,9 +129,9 @@ def _zero_pads(pad: onnx.NodeProto, consts: dict[str, onnx.TensorProto], opset: 
     if opset >= 11:
         if len(pad.input) < 2 or pad.input[1] not in consts or (len(pad.input) > 3 and pad.input[3]):
             return None
-        if len(pad.input) > 2 and pad.input[2] and (pad.input[2] not in consts or np.any(numpy_helper.to_array(consts[pad.input[2]]) != 0)):
+        if len(pad.input) > 2 and pad.input[2] and (pad.input[2] not in consts or np.any(lazy_weights.to_array(consts[pad.input[2]]) != 0)):
             return None
-        pads = [int(v) for v in numpy_helper.to_array(consts[pad.input[1]]).reshape(-1)]
+        pads = [int(v) for v in lazy_weights.to_array(consts[pad.input[1]]).reshape(-1)]
     else:
         pads, value = _attr(pad, "pads", None), _attr(pad, "value", 0.0)
         if pads is None or value != 0:

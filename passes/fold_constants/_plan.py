@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
+from converter import lazy_weights
 from converter.errors import describe_exception
 from converter.graph_edit import node_inputs
 from converter.options import bounded
@@ -142,7 +142,7 @@ class _Values:
             src = constant_node_tensor(src)
         if src is None or src.data_type not in TRACKED_TYPES or int(np.prod(src.dims)) > MAX_ELEMENTS or src.data_location == onnx.TensorProto.EXTERNAL:
             return None
-        return value_of_array(numpy_helper.to_array(src), src.data_type)
+        return value_of_array(lazy_weights.to_array(src), src.data_type)
 
 
 def _consistent(value: Value, t: TensorType | None) -> bool:

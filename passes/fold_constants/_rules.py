@@ -35,6 +35,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from converter import lazy_weights
 from converter.graph_edit import final_name, rename_all_uses, unique_name
 from converter.passes.fold_constants._constants import delete_at, is_default_domain
 from converter.passes.fold_constants._graph import constants, drop_dead, is_pure, reader_counts, taken_names
@@ -61,7 +62,7 @@ def duplicate_initializers(graph: onnx.GraphProto) -> Touched:
     for i, (name, t) in enumerate((t.name, t) for t in graph.initializer):
         if name not in consts or name in outputs or t.data_location == onnx.TensorProto.EXTERNAL or t.data_type == onnx.TensorProto.STRING:
             continue
-        data = numpy_helper.to_array(t)
+        data = lazy_weights.to_array(t)
         key = (t.data_type, tuple(t.dims), hashlib.sha256(np.ascontiguousarray(data).tobytes()).digest())
         if key in first:
             renames[name] = first[key]
@@ -105,7 +106,7 @@ def duplicate_nodes(graph: onnx.GraphProto, opset: int) -> Touched:
 def _all_equal(t: onnx.TensorProto | None, value: float) -> bool:
     if t is None or t.data_location == onnx.TensorProto.EXTERNAL or int(np.prod(t.dims)) > 1 << 20:
         return False
-    return bool(np.all(numpy_helper.to_array(t) == value))
+    return bool(np.all(lazy_weights.to_array(t) == value))
 
 
 def _attr(node: onnx.NodeProto, name: str, default=None):
@@ -286,7 +287,7 @@ def reshape_chains(graph: onnx.GraphProto) -> Touched:
         if node.op_type != "Reshape" or not is_default_domain(node) or len(node.input) < 2 or node.input[1] not in consts:
             continue
         inner = producer.get(node.input[0])
-        shape = numpy_helper.to_array(consts[node.input[1]])
+        shape = lazy_weights.to_array(consts[node.input[1]])
         if inner is None or readers[node.input[0]] != 1 or node.input[0] in outputs or (0 in shape and not _attr(node, "allowzero", 0)):
             continue
         merged.append(node.input[0])

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import sympy
-from onnx import helper, numpy_helper
+from onnx import helper
 
+from converter import lazy_weights
 from converter.passes.fold_constants._shapes import Dim, TensorType
 
 MAX_ELEMENTS = 64
@@ -226,7 +227,7 @@ def _constant_of_shape(node, ins, attrs):
     elem_type = value.data_type if value is not None else TP.FLOAT
     if shape is None or elem_type not in TRACKED_TYPES or any(s < 0 for s in shape) or int(np.prod(shape)) > MAX_ELEMENTS:
         return None
-    fill = sympy.Integer(int(numpy_helper.to_array(value).reshape(-1)[0]))
+    fill = sympy.Integer(int(lazy_weights.to_array(value).reshape(-1)[0]))
     return Value(_obj([fill] * int(np.prod(shape)), tuple(shape)), elem_type)
 
 

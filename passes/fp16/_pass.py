@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
+from converter import lazy_weights
 from converter.errors import PassRefused, describe_exception
 from converter.graph_edit import node_inputs, topological_sort
 from converter.graph_info import initializer_bytes
@@ -95,13 +95,13 @@ def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
 def _constant_max_abs(graph: onnx.GraphProto) -> dict[str, float]:
     """Largest finite |value| of every float32 constant: initializers (not graph inputs), Constant and ConstantOfShape values."""
     inputs = {i.name for i in graph.input}
-    out = {t.name: max_finite_abs(numpy_helper.to_array(t)) for t in graph.initializer if t.data_type == FLOAT and t.name not in inputs}
+    out = {t.name: max_finite_abs(lazy_weights.to_array(t)) for t in graph.initializer if t.data_type == FLOAT and t.name not in inputs}
     for node in graph.node:
         if node.op_type not in ("Constant", "ConstantOfShape") or node.domain not in ("", "ai.onnx"):
             continue
         attr = next((a for a in node.attribute if a.name in ("value", "value_float", "value_floats")), None)
         if attr is not None and attr.name == "value" and attr.t.data_type == FLOAT:
-            out[node.output[0]] = max_finite_abs(numpy_helper.to_array(attr.t))
+            out[node.output[0]] = max_finite_abs(lazy_weights.to_array(attr.t))
         elif attr is not None and attr.name != "value":
             out[node.output[0]] = max_finite_abs(np.array(attr.f if attr.name == "value_float" else list(attr.floats), np.float32))
     return out

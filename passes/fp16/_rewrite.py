@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from converter import lazy_weights
 from converter.graph_edit import node_inputs, rename_all_uses, unique_name
 from converter.passes.fp16._policy import FLOAT, FLOAT16, Flexible, NodePlan, Want, has_subgraph
 
@@ -120,7 +121,7 @@ class Emitter:
         if attr is None:  # ConstantOfShape without value: float32 zero
             values = np.zeros(1, np.float32)
         elif attr.name == "value":
-            values = numpy_helper.to_array(attr.t)
+            values = lazy_weights.to_array(attr.t)
         else:
             values = np.array(attr.f if attr.name == "value_float" else list(attr.floats), np.float32)
         half, clamped = to_fp16(values, self.min_positive_val)
@@ -154,7 +155,7 @@ def convert_initializers(graph: onnx.GraphProto, names: Iterable[str], min_posit
     wanted, clamped = set(names), 0
     for i, t in enumerate(graph.initializer):
         if t.name in wanted:
-            half, n = to_fp16(numpy_helper.to_array(t), min_positive_val)
+            half, n = to_fp16(lazy_weights.to_array(t), min_positive_val)
             clamped += n
             graph.initializer[i].CopyFrom(numpy_helper.from_array(half, t.name))
     return clamped

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
+from converter import lazy_weights
 from converter.passes.qdq._weights import INT8_MAX, read_constant
 
 
@@ -60,7 +60,7 @@ class Layer:
         return np.ascontiguousarray(self.matrix(read_constant(self.float_graph, self.weight).astype(np.float32)))
 
     def int8_matrix(self) -> np.ndarray:
-        return np.ascontiguousarray(self.matrix(numpy_helper.to_array(self.int8)))
+        return np.ascontiguousarray(self.matrix(lazy_weights.to_array(self.int8)))
 
     def scale_matrix(self) -> np.ndarray:
         if self.scale.size == 1:
@@ -210,7 +210,7 @@ def find_layers(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, laye
             continue
         int8, scale, axis = found
         w = _const(f, twin.input[1]) if len(twin.input) > 1 else None
-        q8 = numpy_helper.to_array(int8)
+        q8 = lazy_weights.to_array(int8)
         if w is None or w.shape != q8.shape:
             skipped[name] = "its float weight is not a constant of the float model, of the int8 weight's shape"
             continue

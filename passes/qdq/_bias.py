@@ -29,6 +29,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from converter import lazy_weights
 from converter.graph_edit import unique_name
 from converter.passes.qdq._probe import Probe
 from converter.passes.qdq._weights import constant_nodes, constant_value
@@ -70,7 +71,7 @@ def _consts(graph: onnx.GraphProto) -> dict[str, np.ndarray | None]:
 def _const_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
     for t in graph.initializer:
         if t.name == name:
-            return numpy_helper.to_array(t)
+            return lazy_weights.to_array(t)
     node = constant_nodes(graph).get(name)
     return constant_value(node) if node is not None else None
 
@@ -157,7 +158,7 @@ def _apply(graph: onnx.GraphProto, t: _Target, delta: np.ndarray, taken: set[str
         return
     for init in graph.initializer:
         if init.name == t.bias:
-            value = numpy_helper.to_array(init).astype(np.float32)
+            value = lazy_weights.to_array(init).astype(np.float32)
             init.CopyFrom(numpy_helper.from_array((value + delta.reshape(value.shape)).astype(np.float32), t.bias))
             return
     node = constant_nodes(graph)[t.bias]

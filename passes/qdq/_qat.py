@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from converter import lazy_weights
 from converter.graph_info import iter_graphs
 from converter.passes.qdq._weights import constant_nodes, constant_value
 
@@ -18,7 +19,7 @@ QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 
 def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray | None]:
-    values: dict[str, np.ndarray | None] = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    values: dict[str, np.ndarray | None] = {t.name: lazy_weights.to_array(t) for t in graph.initializer}
     for name, node in constant_nodes(graph).items():
         values[name] = constant_value(node)
     return values

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
+from converter import lazy_weights
 from converter.errors import PassRefused
 
 INT8_MAX = 127
@@ -31,7 +31,7 @@ def constant_value(node: onnx.NodeProto) -> np.ndarray | None:
     """The value of a Constant node (any of its attribute forms), None for a sparse value."""
     for attr in node.attribute:
         if attr.name == "value":
-            return numpy_helper.to_array(attr.t)
+            return lazy_weights.to_array(attr.t)
         if attr.name == "value_float":
             return np.array(attr.f, dtype=np.float32)
         if attr.name == "value_floats":
@@ -56,7 +56,7 @@ def constant_specs(graph: onnx.GraphProto) -> dict[str, tuple[int, int]]:
 def read_constant(graph: onnx.GraphProto, name: str, model_dir: str | None = None) -> np.ndarray:
     for t in graph.initializer:
         if t.name == name:
-            return numpy_helper.to_array(t, base_dir=model_dir or "")
+            return lazy_weights.to_array(t, base_dir=model_dir or "")
     node = constant_nodes(graph).get(name)
     value = constant_value(node) if node is not None else None
     if value is None:

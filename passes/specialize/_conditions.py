@@ -17,6 +17,7 @@ import onnx
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+from converter import lazy_weights
 from converter.errors import describe_exception
 from converter.passes.fold_constants import constant_node_tensor, is_default_domain
 
@@ -91,9 +92,9 @@ def _dims(tp: onnx.TypeProto | None) -> list[int | None] | None:
 def _const_array(name: str, scope: Scope) -> np.ndarray | None:
     kind, found = scope.lookup(name)
     if kind == "const":
-        return numpy_helper.to_array(found)
+        return lazy_weights.to_array(found)
     if kind == "node" and found.op_type == "Constant" and is_default_domain(found) and (t := constant_node_tensor(found)) is not None:
-        return numpy_helper.to_array(t)
+        return lazy_weights.to_array(t)
     return None
 
 
@@ -239,7 +240,7 @@ def condition_value(model: onnx.ModelProto, node: onnx.NodeProto, scope: Scope, 
     if isinstance(cone, str):
         return f"its condition '{cond}' {cone}"
     if cond in cone.leaves:
-        value = numpy_helper.to_array(cone.leaves[cond])
+        value = lazy_weights.to_array(cone.leaves[cond])
     else:
         leaves = []
         for name, t in cone.leaves.items():

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from converter import lazy_weights
 from converter.graph_edit import node_inputs, unique_name
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -20,12 +21,12 @@ def in_default_domain(node: onnx.NodeProto) -> bool:
 def const_value(graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto], name: str) -> np.ndarray | None:
     """The value of an initializer or a ``Constant`` node's output, or None when ``name`` is neither."""
     if name in inits:
-        return numpy_helper.to_array(inits[name])
+        return lazy_weights.to_array(inits[name])
     for n in graph.node:
         if n.op_type == "Constant" and n.output and n.output[0] == name:
             for a in n.attribute:
                 if a.name == "value":
-                    return numpy_helper.to_array(a.t)
+                    return lazy_weights.to_array(a.t)
     return None
 
 
@@ -69,7 +70,7 @@ class GraphIndex:
     def value(self, name: str) -> np.ndarray | None:
         """The value of an initializer or ``Constant`` output (as indexed), or None."""
         tensor = self.inits.get(name) or self.constants.get(name)
-        return numpy_helper.to_array(tensor) if tensor is not None else None
+        return lazy_weights.to_array(tensor) if tensor is not None else None
 
 
 def used_names(g: onnx.GraphProto) -> set[str]:

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from converter import lazy_weights
 from converter.graph_edit import replace_repeated, unique_name
 from converter.plugins.ort._graph import GraphIndex, const_value, in_default_domain, used_names
 
@@ -91,7 +92,7 @@ def weights_to_u8(g: onnx.GraphProto, float_layers: Collection[str] = ()) -> lis
         w_name = node.input[1]
         dq = producer.get(w_name)
         if dq is not None and dq.op_type == "DequantizeLinear" and in_default_domain(dq) and dq.input[0] in inits:
-            w = numpy_helper.to_array(inits[dq.input[0]])
+            w = lazy_weights.to_array(inits[dq.input[0]])
             zp = const_value(g, inits, dq.input[2]) if len(dq.input) > 2 and dq.input[2] else np.zeros((), np.int8)
             if w.dtype != np.int8 or zp is None or zp.dtype != np.int8 or dq.output[0] in shifted:
                 continue
@@ -106,7 +107,7 @@ def weights_to_u8(g: onnx.GraphProto, float_layers: Collection[str] = ()) -> lis
                 dq.input.append(z_name)
             shifted.add(dq.output[0])
         elif node.op_type in ("Conv", "Gemm") and node.output[0] not in float_layers and w_name in inits and inits[w_name].data_type == onnx.TensorProto.FLOAT and _reaches_q(node, readers):
-            w = numpy_helper.to_array(inits[w_name])
+            w = lazy_weights.to_array(inits[w_name])
             trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
             axis = 0 if node.op_type == "Conv" or trans_b else 1
             q, scale = _quantize_u8(w, axis)

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper, shape_inference
+from onnx import TensorProto, shape_inference
 
+from converter import lazy_weights
 from converter.backend_api import Finding, Severity
 from converter.graph_info import iter_graphs
 from converter.plugins.tensorrt.lint import _ops as ops
@@ -184,7 +185,7 @@ class LintContext:
     def const(self, name: str) -> np.ndarray | None:
         """The value of an initializer or Constant output (through Identity), else None."""
         if name in self.initializers:
-            return numpy_helper.to_array(self.initializers[name])
+            return lazy_weights.to_array(self.initializers[name])
         ref = self.constant_nodes.get(name)
         if ref is not None:
             return constant_value(ref)
@@ -249,7 +250,7 @@ def _dim(d: onnx.TensorShapeProto.Dimension) -> Dim:
 def constant_value(ref: NodeRef) -> np.ndarray | None:
     for a in ref.node.attribute:
         if a.name == "value":
-            return numpy_helper.to_array(a.t)
+            return lazy_weights.to_array(a.t)
         if a.name in ("value_float", "value_int"):
             return np.array(onnx.helper.get_attribute_value(a))
         if a.name in ("value_floats", "value_ints"):

@@ -6,8 +6,9 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto
 
+from converter import lazy_weights
 from converter.backend_api import Finding
 from converter.plugins.tensorrt.lint import _ops as ops
 from converter.plugins.tensorrt.lint._context import (
@@ -34,7 +35,7 @@ def _int64_out_of_range(values: np.ndarray) -> np.ndarray:
 def _int64_constants(ctx: LintContext) -> Iterator[tuple[str, np.ndarray]]:
     for name, tensor in ctx.initializers.items():
         if tensor.data_type == TensorProto.INT64:
-            yield name, numpy_helper.to_array(tensor)
+            yield name, lazy_weights.to_array(tensor)
     for name, ref in ctx.constant_nodes.items():
         value = constant_value(ref)
         if value is not None and value.dtype == np.int64:
