@@ -184,28 +184,35 @@ def check_batch_stacking(
                 found[name] = axis
     check = BatchCheck([], tolerance, in_axes, out_axes)
     per_sample = _old_batch(in_specs, in_axes, overrides)
+    # one model at a time: the original runs every sample first and is released before the dynamic one loads
+    # (a big model's weights are mapped once, not twice)
     try:
         orig_sess = make_session(original)
     except Exception as exc:  # reported in every run of the check, not swallowed
         return _unrunnable(check, batch_sizes, "the original model", exc)
+    samples: list[tuple[Feeds, dict[str, np.ndarray]]] = []
+    shared = seeded_feeds(in_specs, seed, overrides)
+    needed = max((n // per_sample for n in batch_sizes if n % per_sample == 0), default=0)
+    sample_error = ""
+    try:
+        while len(samples) < needed:
+            feeds = seeded_feeds(in_specs, seed + len(samples), overrides)
+            feeds.update({k: shared[k] for k, ax in in_axes.items() if ax is None})
+            samples.append((feeds, run_session(orig_sess, feeds)))
+    except Exception as exc:  # reported as the failure of each batch that needs this sample, not swallowed
+        sample_error = f"the original model failed on a batch-{per_sample} sample: {type(exc).__name__}: {describe_exception(exc)}"
+    del orig_sess
     try:
         dyn_sess = make_session(dynamic)
     except Exception as exc:  # reported in every run of the check, not swallowed
         return _unrunnable(check, batch_sizes, "the dynamic model", exc)
-    samples: list[tuple[Feeds, dict[str, np.ndarray]]] = []
-    shared = seeded_feeds(in_specs, seed, overrides)
     for n in batch_sizes:
         if n % per_sample:
             check.runs.append(BatchRun(n, error=f"batch {n} is not a multiple of the original model's batch {per_sample}"))
             continue
         count = n // per_sample
-        try:
-            while len(samples) < count:
-                feeds = seeded_feeds(in_specs, seed + len(samples), overrides)
-                feeds.update({k: shared[k] for k, ax in in_axes.items() if ax is None})
-                samples.append((feeds, run_session(orig_sess, feeds)))
-        except Exception as exc:  # reported as this batch's failure, not swallowed
-            check.runs.append(BatchRun(n, error=f"the original model failed on a batch-{per_sample} sample: {type(exc).__name__}: {describe_exception(exc)}"))
+        if len(samples) < count:
+            check.runs.append(BatchRun(n, error=sample_error))
             continue
         used = samples[:count]
         stacked = {k: (v if in_axes[k] is None else np.concatenate([s[0][k] for s in used], axis=in_axes[k])) for k, v in used[0][0].items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from converter.backend_api import Artifact, Backend, EmitContext, manifest_path_
 from converter.errors import BackendUnavailable, CheckFailed, UsageError
 from converter.feeds import Feeds, check_feeds, load_npz, parse_shapes, seeded_feeds
 from converter.flags import PassInputs
-from converter.golden import CaseResult, check_case, load_case, model_precision
+from converter.golden import CaseResult, GoldenCase, check_case, load_case, model_precision
 from converter.graph_info import graph_inputs, graph_outputs
 from converter.instruments import BatchStacking, Verify, standard_instruments
 from converter.interface import interface_changes, manifest_specs
@@ -28,6 +29,8 @@ from converter.report import PipelineReport
 from converter.staging import SideFiles, commit_files, discard, staging_folder
 
 log = logging.getLogger("converter")
+# where passes leave the big tensors they compute, for a model whose weights stay in their files
+SPILL_FILE = ".lazy-weights.bin"
 
 
 @dataclass
@@ -149,40 +152,49 @@ def convert(req: ConvertRequest, plugins: Plugins) -> ConvertOutcome:
         batch=BatchStacking(input_shapes=parse_shapes(req.input_shapes) or None, seed=req.seed) if req.verify else None,
     )
     side_files = SideFiles(protected=[*protected, out, manifest_path_for(out), out.with_name(out.name + ".data")])
-    model, report = run_pipeline(
-        loaded.proto, passes, instruments=instruments, seed=req.seed, model_dir=str(loaded.path.parent), inputs=PassInputs(req.pass_inputs), side_files=side_files
-    )
+    with ExitStack() as stack:
+        # weights left in their files: the staging folder opens first, so what passes compute can leave memory too
+        early = stack.enter_context(staging_folder(out.parent)) if loaded.lazy_bytes else None
+        model, report = run_pipeline(
+            loaded.proto, passes, instruments=instruments, seed=req.seed, model_dir=str(loaded.path.parent), inputs=PassInputs(req.pass_inputs), side_files=side_files,
+            spill=early / SPILL_FILE if early is not None else None,
+        )
+        staging = early if early is not None else stack.enter_context(staging_folder(out.parent))
+        return _emit(req, loaded, model, report, backend, passes, steps, out, staging, case, protected, side_files, before)
+
+
+def _emit(req: ConvertRequest, loaded: LoadedModel, model: onnx.ModelProto, report: PipelineReport, backend: Backend, passes: list, steps: list[Step],
+          out: Path, staging: Path, case: GoldenCase | None, protected: list[Path], side_files: SideFiles, before: dict) -> ConvertOutcome:
     outcome = ConvertOutcome(loaded, report, None, interface_before=before)
     precision = req.precision or _lowest_precision([_pipeline_precision(passes), model_precision(model)])
     pipeline_text = ",".join(format_step(s) for s in steps)
-    with staging_folder(out.parent) as staging:
-        ctx = EmitContext(staging=staging, file_name=out.name, log=logging.getLogger(f"converter.backend.{backend.name}"), source_sha256=loaded.sha256, pipeline=pipeline_text, external_data=loaded.has_external_data)
-        try:
-            with progress.step(f"emit ({backend.name})"):
-                artifact = backend.emit(model, ctx)
-            artifact.manifest.setdefault("source_model", str(loaded.path))
-            artifact.write_manifest()
-        except OSError as exc:
-            raise UsageError(f"cannot write the artifact in {out.parent}: {exc.strerror or exc} (disk full or a file-size limit?)") from exc
-        for f in artifact.files:
-            ensure_not_input(out.parent / f.name, protected)
-        outcome.interface_after = _check_interface(model, backend, artifact)
-        if case is not None:
-            outcome.golden = check_case(backend.load(artifact), case, precision)
-        if outcome.golden is not None and not outcome.golden and not req.keep_failed:
-            outcome.artifact = artifact
-            raise GoldenFailed(outcome)
-        passed = outcome.golden is None or bool(outcome.golden)
-        side = side_files.stage() if passed else []  # caches and other side files: only when the run succeeds
-        # side files and data first, the main file next, the manifest last: it is the record that the set is complete
-        order = sorted(artifact.files, key=lambda p: (p == artifact.manifest_path, p == artifact.path))
-        try:
-            commit_files([*side, *((f, out.parent / f.name) for f in order)])
-        except BaseException:
-            discard(side)
-            raise
-        outcome.written = [*(final for _, final in side), *(out.parent / f.name for f in order)]
-        outcome.artifact = artifact.moved_to(out.parent)
+    ctx = EmitContext(staging=staging, file_name=out.name, log=logging.getLogger(f"converter.backend.{backend.name}"), source_sha256=loaded.sha256, pipeline=pipeline_text, external_data=loaded.has_external_data)
+    try:
+        with progress.step(f"emit ({backend.name})"):
+            artifact = backend.emit(model, ctx)
+        artifact.manifest.setdefault("source_model", str(loaded.path))
+        artifact.write_manifest()
+    except OSError as exc:
+        raise UsageError(f"cannot write the artifact in {out.parent}: {exc.strerror or exc} (disk full or a file-size limit?)") from exc
+    for f in artifact.files:
+        ensure_not_input(out.parent / f.name, protected)
+    outcome.interface_after = _check_interface(model, backend, artifact)
+    if case is not None:
+        outcome.golden = check_case(backend.load(artifact), case, precision)
+    if outcome.golden is not None and not outcome.golden and not req.keep_failed:
+        outcome.artifact = artifact
+        raise GoldenFailed(outcome)
+    passed = outcome.golden is None or bool(outcome.golden)
+    side = side_files.stage() if passed else []  # caches and other side files: only when the run succeeds
+    # side files and data first, the main file next, the manifest last: it is the record that the set is complete
+    order = sorted(artifact.files, key=lambda p: (p == artifact.manifest_path, p == artifact.path))
+    try:
+        commit_files([*side, *((f, out.parent / f.name) for f in order)])
+    except BaseException:
+        discard(side)
+        raise
+    outcome.written = [*(final for _, final in side), *(out.parent / f.name for f in order)]
+    outcome.artifact = artifact.moved_to(out.parent)
     if outcome.golden is not None and not outcome.golden:
         raise GoldenFailed(outcome)
     return outcome

@@ -212,7 +212,7 @@ def load_remaining_external_data(model: onnx.ModelProto, model_path: str | os.Pa
         _check_bounds(p, ref, info, real)
         size = info.length if info.length is not None else os.stat(real).st_size - info.offset
         if lazy_min_bytes is not None and ref.where == main_initializer and size >= lazy_min_bytes:
-            lazy_weights.mark_lazy(ref.tensor, real)
+            lazy_weights.mark_lazy(ref.tensor, real, root)
             left += size
             continue
         try:

@@ -8,11 +8,12 @@ tensors only, so ONNX's C APIs (shape inference) take it in memory whatever the 
 the whole model is never serialized into one message.
 
 Every reader of tensor values goes through :func:`to_array`, which reads a lazy tensor's bytes from
-its checked file (one array, freed by its user); ONNX Runtime gets memory maps of them
-(:func:`ort_initializers`), and the writer copies them file to file (:func:`write_external`).
-:func:`for_onnx` strips the private key wherever a model leaves the process (ONNX's checker, ONNX
-Runtime, files written): no tool outside sees it. The key cannot come from a model file: the loader
-rejects unknown ``external_data`` keys (:mod:`converter.external_data`).
+its checked file (one array, freed by its user); ONNX Runtime reads them itself, memory-mapped, from
+the model's folder (:func:`folder`, see :mod:`converter.ort_session`), and the writer copies them
+file to file (:func:`write_external`). :func:`for_onnx` strips the private keys wherever a model
+leaves the process (ONNX's checker, ONNX Runtime, files written): no tool outside sees them. The
+keys cannot come from a model file: the loader rejects unknown ``external_data`` keys
+(:mod:`converter.external_data`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import onnx
 from onnx import numpy_helper
 
 LAZY_KEY = "converter.real_path"
+FOLDER_KEY = "converter.folder"
 # loaded lazily when the external data files weigh at least this (bytes); tests set it low
 THRESHOLD_ENV = "CONVERTER_LAZY_WEIGHTS_BYTES"
 DEFAULT_THRESHOLD = 1 << 30
@@ -51,15 +53,6 @@ _DIRECT = {
 }
 
 
-# bytes per element of every fixed-width type: ONNX Runtime takes such a file range as it is
-_STORAGE = {
-    **{k: np.dtype(v) for k, v in _DIRECT.items()},
-    onnx.TensorProto.BFLOAT16: np.dtype(np.uint16),
-    onnx.TensorProto.COMPLEX64: np.dtype(np.uint64),
-    **{getattr(onnx.TensorProto, n): np.dtype(np.uint8) for n in ("FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ", "FLOAT8E8M0") if hasattr(onnx.TensorProto, n)},
-}
-
-
 def threshold() -> int:
     """External data of at least this many bytes makes the loader keep weights in their files."""
     raw = os.environ.get(THRESHOLD_ENV, "")
@@ -77,10 +70,11 @@ def is_lazy(t: onnx.TensorProto) -> bool:
     return t.data_location == onnx.TensorProto.EXTERNAL and any(e.key == LAZY_KEY for e in t.external_data)
 
 
-def mark_lazy(t: onnx.TensorProto, real_path: str) -> None:
-    """Keep ``t`` in its file (already checked to be ``real_path``, inside the model's folder)."""
-    e = t.external_data.add()
-    e.key, e.value = LAZY_KEY, real_path
+def mark_lazy(t: onnx.TensorProto, real_path: str, folder: str) -> None:
+    """Keep ``t`` in its file (already checked to be ``real_path``, inside the model's real ``folder``)."""
+    for key, value in ((LAZY_KEY, real_path), (FOLDER_KEY, folder)):
+        e = t.external_data.add()
+        e.key, e.value = key, value
 
 
 def source(t: onnx.TensorProto) -> tuple[str, int, int]:
@@ -146,44 +140,67 @@ def nbytes(t: onnx.TensorProto) -> int:
     return numpy_helper.to_array(t).nbytes
 
 
-def _raw_map(t: onnx.TensorProto) -> np.ndarray:
-    """A read-only memory map of a lazy tensor's bytes, one storage element per value."""
-    path, offset, _ = source(t)
-    shape = tuple(t.dims)
-    return np.memmap(path, dtype=_STORAGE[t.data_type], mode="r", offset=offset, shape=shape or (1,)).reshape(shape)
-
-
 def _strip(t: onnx.TensorProto) -> None:
-    kept = [(e.key, e.value) for e in t.external_data if e.key != LAZY_KEY]
+    kept = [(e.key, e.value) for e in t.external_data if e.key not in (LAZY_KEY, FOLDER_KEY)]
     del t.external_data[:]
     for k, v in kept:
         e = t.external_data.add()
         e.key, e.value = k, v
 
 
-def for_onnx(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy without the private key (cheap: lazy tensors hold no data); ``model`` itself if none is lazy.
+def for_onnx(model: onnx.ModelProto, relative_to: str | None = None) -> onnx.ModelProto:
+    """A copy without the private keys (cheap: lazy tensors hold no data); ``model`` itself if none is lazy.
 
-    The few tensors ONNX Runtime cannot take as a memory map (sub-byte and string types) are read in.
+    With ``relative_to`` (a folder above every lazy file, :func:`folder`), each location is rewritten
+    relative to it, so one folder resolves weights from the model's folder and spilled ones alike.
     """
     if not has_lazy(model):
         return model
     out = onnx.ModelProto()
     out.CopyFrom(model)
     for t in lazy_initializers(out):
-        if t.data_type in _STORAGE:
-            _strip(t)
+        path, offset, size = source(t)
+        if relative_to is not None:
+            _set_location(t, os.path.relpath(path, relative_to), offset, size)
         else:
-            data = read_bytes(t)
-            del t.external_data[:]
-            t.data_location = onnx.TensorProto.DEFAULT
-            t.raw_data = data
+            _strip(t)
     return out
 
 
-def ort_initializers(model: onnx.ModelProto) -> list[tuple[str, np.ndarray, int]]:
-    """(name, memory map, ONNX element type) of each lazy initializer, for ``add_external_initializers``."""
-    return [(t.name, _raw_map(t), t.data_type) for t in lazy_initializers(model) if t.data_type in _STORAGE]
+def folder(model: onnx.ModelProto) -> str | None:
+    """The deepest real folder holding every lazy file (the model's folder, or above it once weights were
+    spilled, :func:`spill`); None when no weight is lazy."""
+    found = {_entries(t)[FOLDER_KEY] for t in lazy_initializers(model)}
+    return os.path.commonpath(sorted(found)) if found else None
+
+
+def spill(model: onnx.ModelProto, path: Path, min_bytes: int | None = None) -> onnx.ModelProto:
+    """Move the model's big in-memory initializers into the file ``path`` (appended) and make them lazy.
+
+    For a lazy model between passes: whatever a pass computed (int8 or fp16 weights) leaves memory,
+    so ONNX's C APIs and ONNX Runtime never get a copy of it. Returns a fresh message (protobuf keeps
+    a cleared field's memory until the message goes), ``model`` itself when nothing was moved.
+    """
+    if min_bytes is None:  # what the loader leaves in files, but never shape-sized constants (what shape inference reads)
+        min_bytes = max(1024, min(MIN_TENSOR_BYTES, threshold()))
+    big = [t for t in model.graph.initializer if not is_lazy(t) and t.HasField("raw_data") and t.ByteSize() >= min_bytes]
+    if not big:
+        return model
+    path.parent.mkdir(parents=True, exist_ok=True)
+    real, real_folder = os.path.realpath(path), os.path.realpath(path.parent)
+    with open(path, "ab") as out:
+        for t in big:
+            data = t.raw_data
+            pad = -out.tell() % ALIGNMENT
+            if pad:
+                out.write(b"\0" * pad)
+            offset = out.tell()
+            out.write(data)
+            t.ClearField("raw_data")
+            _set_location(t, path.name, offset, len(data))
+            mark_lazy(t, real, real_folder)
+            del data
+    return onnx.ModelProto.FromString(model.SerializeToString())
 
 
 def _initializers(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:

@@ -34,21 +34,19 @@ def make_session(
 ) -> ort.InferenceSession:
     """A session on ``model``; models past protobuf's 2 GiB go through a temporary file with external data.
 
-    Lazy weights (:mod:`converter.lazy_weights`) go to ONNX Runtime as memory-mapped arrays, without
-    pre-packing (which would copy every MatMul weight): memory stays the weights' size, shared with
-    the page cache, whatever ``options`` say.
+    Lazy weights (:mod:`converter.lazy_weights`) are read by ONNX Runtime itself from the model's
+    folder, memory-mapped, without pre-packing (which would copy every MatMul weight): memory stays the
+    weights' size, shared with the page cache, whatever ``options`` say. Keep one such session alive
+    at a time: each maps the weights anew.
     """
     so = options or session_options()
-    lazy = lazy_weights.ort_initializers(model)
-    if lazy:
+    weights = lazy_weights.folder(model)
+    if weights is not None:
+        model = lazy_weights.for_onnx(model, relative_to=weights)
         so.add_session_config_entry("session.disable_prepacking", "1")
-        values = [ort.OrtValue.ortvalue_from_numpy_with_onnx_type(a, elem) for _, a, elem in lazy]
-        so.add_external_initializers([name for name, _, _ in lazy], values)
+        so.add_session_config_entry("session.model_external_initializers_file_folder_path", weights)
     with model_source(model, "converter-ort-") as src:
-        sess = ort.InferenceSession(src, sess_options=so, providers=list(providers), provider_options=list(provider_options) if provider_options else None)
-    if lazy:
-        sess._converter_weights = (lazy, values)  # type: ignore[attr-defined]  # must outlive the session
-    return sess
+        return ort.InferenceSession(src, sess_options=so, providers=list(providers), provider_options=list(provider_options) if provider_options else None)
 
 
 def run_session(sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import onnx
 
-from converter import progress
+from converter import lazy_weights, progress
 from converter.errors import BackendUnavailable, ConverterError, ModelError, PassError, describe_exception
 from converter.flags import PassInputs
 from converter.instruments import Instrument, PipelineState, standard_instruments
@@ -66,12 +67,15 @@ def run_pipeline(
     model_dir: str | None = None,
     inputs: PassInputs | None = None,
     side_files: SideFiles | None = None,
+    spill: Path | None = None,
 ) -> tuple[onnx.ModelProto, PipelineReport]:
     """Run ``passes`` in order on ``model`` (which may be changed in place).
 
     ``instruments`` default to timing and the checker; ``inputs`` are the values of
     plugin-registered flags (``ctx.inputs``); ``side_files`` collects files passes want written
-    besides the artifact (the caller commits them).
+    besides the artifact (the caller commits them). ``spill`` (a file in the staging folder) takes
+    the big tensors each pass leaves in memory, for models whose weights stay in their files
+    (:func:`converter.lazy_weights.spill`).
     """
     side_files = side_files if side_files is not None else SideFiles()
     instruments = list(instruments) if instruments is not None else standard_instruments(check=True)
@@ -84,6 +88,8 @@ def run_pipeline(
             for inst in instruments:
                 inst.before_pass(p, model, state)
             result = _run_one(p, model, ctx, state)
+            if spill is not None:
+                result.model = lazy_weights.spill(result.model, spill)
             model = result.model
             record = PassRecord(name=p.name, options=options_as_dict(p.options), modified=result.modified, facts=result.facts, refused=result.refused)
             for inst in instruments:

@@ -7,6 +7,7 @@ from typing import Literal
 
 import onnx
 
+from converter import lazy_weights
 from converter.artifacts import base_manifest
 from converter.backend_api import Artifact, Availability, Backend, EmitContext, Runner
 from converter.errors import BackendError, BackendUnavailable, UsageError, describe_exception
@@ -152,6 +153,8 @@ class OrtBackend(Backend[OrtOptions]):
             ctx.log.info("ort: %d pairs added after layers from the recorded ranges, %d given their input's grid, %d refit to their range, %d Pads folded into Convs",
                          len(lowering.added), len(lowering.same_grid), len(lowering.refit), len(lowering.folded_pads))
         out = ctx.staging / ctx.file_name
+        if lazy_weights.has_lazy(model):  # weights left in their files: so are the ones lowering rewrote
+            model = lazy_weights.spill(model, ctx.staging / ".lazy-weights-ort.bin")
         so = session_options(self.options.threads, self.options.opt_level)
         so.optimized_model_filepath = str(out)
         if ctx.external_data or model.ByteSize() >= PROTOBUF_LIMIT:
