@@ -174,18 +174,19 @@ def folder(model: onnx.ModelProto) -> str | None:
     return os.path.commonpath(sorted(found)) if found else None
 
 
-def spill(model: onnx.ModelProto, path: Path, min_bytes: int | None = None) -> onnx.ModelProto:
+def spill(model: onnx.ModelProto, path: Path, min_bytes: int | None = None, *, fresh: bool = False) -> onnx.ModelProto:
     """Move the model's big in-memory initializers into the file ``path`` (appended) and make them lazy.
 
     For a lazy model between passes: whatever a pass computed (int8 or fp16 weights) leaves memory,
     so ONNX's C APIs and ONNX Runtime never get a copy of it. Returns a fresh message (protobuf keeps
-    a cleared field's memory until the message goes), ``model`` itself when nothing was moved.
+    a cleared field's memory until the message goes), ``model`` itself when nothing was moved, unless
+    ``fresh`` asks for a new message anyway (one the caller's passes may grow and drop).
     """
     if min_bytes is None:  # what the loader leaves in files, but never shape-sized constants (what shape inference reads)
         min_bytes = max(1024, min(MIN_TENSOR_BYTES, threshold()))
     big = [t for t in model.graph.initializer if not is_lazy(t) and t.HasField("raw_data") and t.ByteSize() >= min_bytes]
     if not big:
-        return model
+        return onnx.ModelProto.FromString(model.SerializeToString()) if fresh else model
     path.parent.mkdir(parents=True, exist_ok=True)
     real, real_folder = os.path.realpath(path), os.path.realpath(path.parent)
     with open(path, "ab") as out:

@@ -7,6 +7,7 @@ pass that failed and those before it, and keeps the report.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -80,6 +81,8 @@ def run_pipeline(
     side_files = side_files if side_files is not None else SideFiles()
     instruments = list(instruments) if instruments is not None else standard_instruments(check=True)
     state = PipelineState()
+    if spill is not None:  # the caller's message stays as loaded (small); what passes grow goes with their copies
+        model = lazy_weights.spill(model, spill, fresh=True)
     for inst in instruments:
         inst.before_pipeline(model, state)
     for p in passes:
@@ -90,6 +93,7 @@ def run_pipeline(
             result = _run_one(p, model, ctx, state)
             if spill is not None:
                 result.model = lazy_weights.spill(result.model, spill)
+                gc.collect()  # a pass's dropped copies can sit in reference cycles: big ones must go now
             model = result.model
             record = PassRecord(name=p.name, options=options_as_dict(p.options), modified=result.modified, facts=result.facts, refused=result.refused)
             for inst in instruments:

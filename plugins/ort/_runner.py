@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from converter import lazy_weights
 from converter.backend_api import Runner, TensorSpec
 from converter.errors import BackendError, describe_exception, shorten
 from converter.feeds import check_feeds
@@ -35,6 +36,10 @@ class OrtRunner(Runner):
         so.log_severity_level = 4  # errors are raised (and reported in one line), not logged
         if exact_qdq:  # every Q/DQ computed as written (TensorRT's arithmetic), not fused into ORT's CPU int8 kernels
             so.add_session_config_entry("session.disable_quant_qdq", "1")
+        data = Path(path).with_name(Path(path).name + ".data")
+        if data.exists() and data.stat().st_size >= lazy_weights.threshold():
+            # big weights: ORT maps them from the file; pre-packing would copy every MatMul weight
+            so.add_session_config_entry("session.disable_prepacking", "1")
         try:
             self.session = ort.InferenceSession(str(path), sess_options=so, providers=list(providers), provider_options=list(provider_options) if provider_options else None)
         except Exception as exc:
