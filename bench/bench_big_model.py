@@ -105,7 +105,8 @@ _OURS = "cleanup,infer_shapes,fold_constants,dynamic_batch"
 
 def _ours(passes: str, backend: str, name: str) -> Callable[[Path, Path, Path, Path], list[str]]:
     def argv(model: Path, calib: Path, out: Path, _folder: Path) -> list[str]:
-        cli = [sys.executable, "-m", "converter.cli", str(model), "-p", passes, "--calib-data", str(calib)]
+        calibration = ["--calib-data", str(calib)] if "qdq" in passes else []
+        cli = [sys.executable, "-m", "converter.cli", str(model), "-p", passes, *calibration]
         return [*cli, "-b", backend, "-o", str(out / f"{name}.onnx"), "-q"]
 
     return argv

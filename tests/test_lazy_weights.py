@@ -169,6 +169,7 @@ def test_convert_lazily_gives_the_same_artifact(model_path: Path, tmp_path: Path
         proc = cli(model_path, "-p", pipeline, "-b", backend, "-o", out, "--calib-data", calib, "--verify", "-q")
         assert proc.returncode == 0, proc.stderr
         assert lazy_weights.LAZY_KEY.encode() not in out.read_bytes()
+        assert sorted(f.name for f in out.parent.iterdir()) == ["m.onnx", "m.onnx.data", "m.onnx.manifest.json"]  # no spill file left
         onnx.checker.check_model(str(out), full_check=True)
         outs[mode] = out
     assert _digest(model_path.parent) == inputs, "the input model or its data changed"
@@ -178,3 +179,26 @@ def test_convert_lazily_gives_the_same_artifact(model_path: Path, tmp_path: Path
     got = [ort.InferenceSession(str(outs[m]), providers=["CPUExecutionProvider"]).run(None, feeds) for m in ("eager", "lazy")]
     for a, b in zip(*got):
         np.testing.assert_allclose(a, b, rtol=0, atol=atol)
+
+
+def test_passes_results_leave_memory_between_passes(model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a pass computes (fp16 weights here) moves to the spill file; the caller's message is not grown."""
+    from converter.pass_manager import build_passes, run_pipeline
+    from converter.pipeline_text import parse_pipeline
+    from converter.plugin_manager import load_plugins
+
+    monkeypatch.setenv(ENV, "0")
+    lazy = load_model(model_path)
+    before = lazy.proto.SerializeToString()
+    spill = tmp_path / "staging" / "spill.bin"
+    model, _ = run_pipeline(lazy.proto, build_passes(parse_pipeline("fp16{keep_io_types=true}"), load_plugins().passes), spill=spill)
+    assert lazy.proto.SerializeToString() == before
+    fp16 = [t for t in model.graph.initializer if t.data_type == TensorProto.FLOAT16 and np.prod(t.dims) * 2 >= 1024]
+    assert fp16 and all(lazy_weights.is_lazy(t) for t in fp16)
+    converted = {t.name: lazy_weights.source(t)[0] for t in fp16 if t.name.startswith("w") and t.name[1:].isdigit()}
+    assert sorted(converted) == ["w0", "w1", "w2"] and set(converted.values()) == {str(spill.resolve())}
+    assert lazy_weights.folder(model) == str(tmp_path.resolve())  # above the model's folder and the spill's
+    got = run_session(make_session(model), _feeds())
+    want = run_session(make_session(load_model(model_path).proto), _feeds())
+    np.testing.assert_allclose(got["y"], want["y"], rtol=0, atol=2e-2)
+    np.testing.assert_array_equal(got["t"], want["t"])

@@ -20,6 +20,13 @@ Time is linear in the number of candidate nodes (N + O(log N) evaluations, fewer
 ``max_evaluations`` caps it (the sweep stops early, keeping 2*ceil(log2 N)+1 for the search, and
 the nodes left unmeasured rank last). Configurations already evaluated are not run again.
 
+With a ``runner`` (``--ray``: :mod:`~converter.passes.qdq._budget_ray`) the sweep's evaluations,
+independent of each other, run in parallel, each batch of them (the nodes; the blocks; the costly
+blocks' nodes) cut where the sequential sweep would have run out of evaluations, and scored by the
+same code, so the same values bit for bit; the search stays here. As a guard, the runner first scores
+the all-quantized model once more: a value not bit for bit this process's (another CPU or ONNX Runtime
+on the workers) sends the sweep back here (``ray_tasks`` says how many evaluations ran there).
+
 Metrics: ``cosine``, per float output, the cosine similarity of the flattened reference and
 quantized outputs concatenated over every held-out sample (float64 running sums, streamed batch
 by batch); the overall metric is the minimum over outputs, and a quantized output holding NaN or
@@ -30,7 +37,8 @@ or inf disagrees).
 Memory: the reference stays in memory for the whole search: held-out samples x the float outputs'
 size (their own dtype, float32: 4 bytes an element) for cosine, one int64 per row for top1. The
 caller bounds the held-out count. One ORT session is alive at a time (plain CPU, basic graph
-optimizations so the values are what the Q/DQ graph says), freed after each evaluation.
+optimizations so the values are what the Q/DQ graph says), freed after each evaluation (with a
+runner: one per task besides, each task holding the reference and the held-out batches).
 """
 
 from __future__ import annotations
@@ -40,21 +48,19 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
-import numpy as np
 import onnx
 
 from converter import progress
-from converter.ort_session import make_session, session_options
+from converter.passes.qdq._budget_ray import Feeds, Metric, Reference
 
-Feeds = dict[str, np.ndarray]
-Metric = Literal["cosine", "top1"]
+__all__ = ["GROUP_ABOVE", "BudgetResult", "Feeds", "Metric", "Reference", "Runner", "fit_budget"]
+
 GROUP_ABOVE = 64
 """More candidate nodes than this: sensitivity is measured by blocks first."""
 
 _LOG = logging.getLogger(__name__)
-_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
 @dataclass
@@ -79,128 +85,31 @@ class BudgetResult:
     estimated: list[str] = field(default_factory=list)
     unmeasured: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    ray_tasks: int = 0
+    """Evaluations that ran as tasks of the ``runner`` (``--ray``), counted in ``evaluations``."""
 
 
 class _OutOfEvaluations(Exception):
     pass
 
 
-def _session(model: onnx.ModelProto):
-    so = session_options(opt_level="basic")  # no Q/DQ fusion: the values are what the graph says
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return make_session(model, options=so)
+class Runner(Protocol):
+    """Scores configurations elsewhere (``--ray``): ``(kept, score)`` of each of ``configs``, in their order."""
 
-
-def _cast(feeds: Feeds, session) -> Feeds:
-    """Float feeds cast to the float type the session's input declares (e.g. float32 data for a float16 input)."""
-    types = {i.name: _FLOAT_TYPES.get(i.type) for i in session.get_inputs()}
-    out = {}
-    for name, value in feeds.items():
-        want = types.get(name)
-        out[name] = value.astype(want) if want is not None and value.dtype.kind == "f" and value.dtype != want else value
-    return out
-
-
-def _samples(feeds: Feeds) -> int:
-    return next((int(v.shape[0]) for v in feeds.values() if getattr(v, "ndim", 0) >= 1), 1)
-
-
-def _cosine(ff: float, qq: float, fq: float) -> float:
-    if ff == 0.0 and qq == 0.0:
-        return 1.0
-    if ff > 0.0 and qq > 0.0:
-        return float(min(1.0, max(-1.0, fq / math.sqrt(ff * qq))))
-    return 0.0
-
-
-class _Reference:
-    """The float model's outputs on the held-out data, and the metric of another model against them."""
-
-    def __init__(self, float_model: onnx.ModelProto, batches: Callable[[], Iterator[Feeds]], metric: Metric) -> None:
-        self.metric = metric
-        self.batches = batches
-        self.names: list[str] = []
-        self.data: list[list[np.ndarray]] = []  # per batch, per compared output (top1: argmax per row)
-        self.samples = 0
-        sess = _session(float_model)
-        outputs = [o.name for o in sess.get_outputs()]
-        for feeds in batches():
-            got = dict(zip(outputs, sess.run(outputs, _cast(feeds, sess))))
-            if not self.names:
-                self.names = [n for n in outputs if got[n].dtype.kind == "f"][: 1 if metric == "top1" else None]
-                if not self.names:
-                    raise ValueError(f"the float model has no float output to compare (outputs: {outputs})")
-            row = []
-            for name in self.names:
-                value = got[name]
-                if not np.isfinite(value).all():
-                    raise ValueError(f"the float model's output '{name}' holds NaN or inf on held-out batch {len(self.data)}: no reference")
-                if metric == "top1":
-                    if value.ndim == 0:
-                        raise ValueError(f"top1 needs an output with a class axis; '{name}' is a scalar")
-                    value = np.argmax(value, axis=-1).ravel().astype(np.int64)
-                row.append(value)
-            self.data.append(row)
-            self.samples += _samples(feeds)
-            del got
-        del sess
-        if not self.data:
-            raise ValueError("the held-out data yielded no batch")
-        if metric == "cosine":
-            self.ff = [sum(float(np.dot(r[i].astype(np.float64).ravel(), r[i].astype(np.float64).ravel())) for r in self.data) for i in range(len(self.names))]
-
-    def nbytes(self) -> int:
-        return sum(a.nbytes for row in self.data for a in row)
-
-    def score(self, model: onnx.ModelProto) -> float:
-        sess = _session(model)
-        have = {o.name for o in sess.get_outputs()}
-        missing = [n for n in self.names if n not in have]
-        if missing:
-            raise ValueError(f"the quantized model lacks the float model's outputs {missing}")
-        k = len(self.names)
-        fq, qq, bad = [0.0] * k, [0.0] * k, [False] * k
-        matches = rows = 0
-        count = 0
-        for count, feeds in enumerate(self.batches(), 1):
-            if count > len(self.data):
-                raise ValueError(f"batches() yielded more batches than on the float run ({len(self.data)})")
-            ref = self.data[count - 1]
-            got = sess.run(self.names, _cast(feeds, sess))
-            for i, (r, q) in enumerate(zip(ref, got)):
-                if self.metric == "top1":
-                    if q.ndim == 0 or q.size // q.shape[-1] != r.size:
-                        raise ValueError(f"output '{self.names[i]}' is {list(q.shape)}: not {r.size} rows of classes as in the float model")
-                    pred, finite = np.argmax(q, axis=-1).ravel(), np.isfinite(q).all(axis=-1).ravel()
-                    matches += int(np.count_nonzero((pred == r) & finite))
-                    rows += r.size
-                    continue
-                if q.shape != r.shape:
-                    raise ValueError(f"output '{self.names[i]}' is {list(q.shape)} in the quantized model, {list(r.shape)} in the float one")
-                if bad[i] or not np.isfinite(q).all():
-                    bad[i] = True
-                    continue
-                q64 = q.astype(np.float64).ravel()
-                fq[i] += float(np.dot(r.astype(np.float64).ravel(), q64))
-                qq[i] += float(np.dot(q64, q64))
-            del got
-        del sess
-        if count != len(self.data):
-            raise ValueError(f"batches() yielded {count} batches, {len(self.data)} on the float run: it must give the same batches each call")
-        if self.metric == "top1":
-            return matches / rows if rows else 1.0
-        return min(0.0 if bad[i] else _cosine(self.ff[i], qq[i], fq[i]) for i in range(k))
+    def __call__(self, configs: list[frozenset[str]], build: Callable[[frozenset[str]], onnx.ModelProto], ref: Reference,
+                 batches: Callable[[], Iterator[Feeds]]) -> Iterator[tuple[frozenset[str], float]]: ...
 
 
 class _Evaluator:
-    """Memoized evaluations of ``build(kept float)``, counted and capped."""
+    """Memoized evaluations of ``build(kept float)``, counted and capped; independent ones (:meth:`many`) on the runner, if any."""
 
-    def __init__(self, ref: _Reference, build: Callable[[frozenset[str]], onnx.ModelProto], log: logging.Logger, planned: int) -> None:
-        self.ref, self.build, self.log = ref, build, log
+    def __init__(self, ref: Reference, build: Callable[[frozenset[str]], onnx.ModelProto], batches: Callable[[], Iterator[Feeds]],
+                 log: logging.Logger, planned: int, runner: Runner | None = None) -> None:
+        self.ref, self.build, self.batches, self.log, self.runner = ref, build, batches, log, runner
         self.memo: dict[frozenset[str], float] = {}
-        self.evaluations = 0
+        self.evaluations = self.ray_tasks = 0
         self.limit: int | None = None
-        self.exhausted = False
+        self.exhausted = self.checked = False
         self.planned = planned
         self.every = max(1, planned // 10)
         self.task: progress.Task | None = None
@@ -212,8 +121,11 @@ class _Evaluator:
             self.exhausted = True
             raise _OutOfEvaluations
         model = self.build(kept)
-        value = self.ref.score(model)
+        value = self.ref.score(model, self.batches)
         del model
+        return self._record(kept, value)
+
+    def _record(self, kept: frozenset[str], value: float) -> float:
         self.evaluations += 1
         self.memo[kept] = value
         if self.task is not None:
@@ -222,6 +134,46 @@ class _Evaluator:
         self.log.log(level, "qdq budget: evaluation %d of ~%d planned: %d nodes kept float -> %s %.6f", self.evaluations, self.planned, len(kept), self.ref.metric, value)
         return value
 
+    def many(self, configs: list[frozenset[str]]) -> list[float]:
+        """What calling this on each of ``configs`` in turn gives, as far as the sequential calls would get before running out
+        of evaluations (then ``exhausted``): the same configurations are evaluated, on the runner when there is one."""
+        todo: dict[frozenset[str], None] = {}
+        stop = len(configs)
+        for i, kept in enumerate(configs):
+            if kept in self.memo or kept in todo:
+                continue
+            if self.limit is not None and self.evaluations + len(todo) >= self.limit:
+                stop, self.exhausted = i, True
+                break
+            todo[kept] = None
+        if not (self.runner is not None and len(todo) > 1 and self._on_runner(list(todo))):
+            for kept in todo:
+                self(kept)
+        return [self.memo[kept] for kept in configs[:stop]]
+
+    def _on_runner(self, todo: list[frozenset[str]]) -> bool:
+        """``todo`` scored by the runner (False, nothing recorded, when its check differs from this process)."""
+        assert self.runner is not None
+        check = None if self.checked else next(iter(self.memo), None)  # scored here already: the runner must give the same
+        self.checked = True
+        results = self.runner(([check] if check is not None else []) + todo, self.build, self.ref, self.batches)
+        try:
+            for i, (kept, value) in enumerate(results):
+                if i == 0 and check is not None:
+                    if value != self.memo[check]:
+                        self.log.warning("qdq budget: the Ray workers score a configuration %r, this process %r (another CPU or ONNX Runtime there?): "
+                                         "evaluating in this process, for the result without --ray", value, self.memo[check])
+                        self.runner = None
+                        return False
+                    continue
+                self._record(kept, value)
+                self.ray_tasks += 1
+        finally:
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()
+        return True
+
 
 def _sweep(ev: _Evaluator, nodes: list[str], baseline: float, target: float, group_above: int) -> tuple[dict[str, float], dict[str, float]]:
     """(measured cost per node, estimated cost per node) of quantizing each node alone; stops when evaluations run out."""
@@ -229,31 +181,36 @@ def _sweep(ev: _Evaluator, nodes: list[str], baseline: float, target: float, gro
     measured: dict[str, float] = {}
     estimated: dict[str, float] = {}
 
-    def cost(group: list[str]) -> float:
-        return baseline - ev(everything - frozenset(group))
+    def costs(groups: list[list[str]]) -> list[float]:  # independent evaluations, as far as they go
+        return [baseline - value for value in ev.many([everything - frozenset(g) for g in groups])]
 
-    try:
-        if len(nodes) <= group_above:
-            for n in nodes:
-                measured[n] = cost([n])
-            return measured, estimated
+    if len(nodes) <= group_above:
+        measured.update(zip(nodes, costs([[n] for n in nodes])))
+        done = len(measured) == len(nodes)
+    else:
         size = math.ceil(math.sqrt(len(nodes)))
         blocks = [nodes[i : i + size] for i in range(0, len(nodes), size)]
-        block_cost: list[float] = []
-        for block in blocks:
-            block_cost.append(cost(block))
-            estimated.update((n, block_cost[-1] / len(block)) for n in block)
-        allowed, spent, cheap = (baseline - target) / 2, 0.0, set()
-        for i in sorted(range(len(blocks)), key=lambda i: block_cost[i]):
-            if spent + max(block_cost[i], 0.0) > allowed:
-                break
-            spent += max(block_cost[i], 0.0)
-            cheap.add(i)
-        ev.log.info("qdq budget: %d blocks of %d nodes measured; refining %d costly blocks node by node", len(blocks), size, len(blocks) - len(cheap))
-        for i in sorted(set(range(len(blocks))) - cheap, key=lambda i: -block_cost[i]):
-            for n in blocks[i]:
-                measured[n] = block_cost[i] if len(blocks[i]) == 1 else cost([n])
-    except _OutOfEvaluations:
+        block_cost = costs(blocks)
+        for block, c in zip(blocks, block_cost):
+            estimated.update((n, c / len(block)) for n in block)
+        done = len(block_cost) == len(blocks)
+        if done:
+            allowed, spent, cheap = (baseline - target) / 2, 0.0, set()
+            for i in sorted(range(len(blocks)), key=lambda i: block_cost[i]):
+                if spent + max(block_cost[i], 0.0) > allowed:
+                    break
+                spent += max(block_cost[i], 0.0)
+                cheap.add(i)
+            ev.log.info("qdq budget: %d blocks of %d nodes measured; refining %d costly blocks node by node", len(blocks), size, len(blocks) - len(cheap))
+            costly = sorted(set(range(len(blocks))) - cheap, key=lambda i: -block_cost[i])
+            refined = iter(costs([[n] for i in costly if len(blocks[i]) > 1 for n in blocks[i]]))
+            for n, j in ((n, i) for i in costly for n in blocks[i]):
+                c = block_cost[j] if len(blocks[j]) == 1 else next(refined, None)
+                if c is None:
+                    done = False
+                    break
+                measured[n] = c
+    if not done:
         ev.log.warning("qdq budget: max_evaluations reached after %d evaluations: %d of %d nodes measured, the others rank after them",
                        ev.evaluations, len(measured), len(nodes))
     return measured, {n: c for n, c in estimated.items() if n not in measured}
@@ -299,10 +256,12 @@ def fit_budget(
     max_evaluations: int | None = None,
     *,
     group_above: int = GROUP_ABOVE,
+    runner: Runner | None = None,
 ) -> BudgetResult:
     """The fewest of ``nodes`` to keep in float (``build(kept)`` makes that model) for ``metric`` >= ``target`` on ``batches()``.
 
-    ``batches`` is called once per evaluation and must yield the same batches each time.
+    ``batches`` is called once per evaluation and must yield the same batches each time. ``runner``: where the sweep's
+    evaluations run in parallel (``--ray``); the result is the same without it.
     """
     start = time.perf_counter()
     log = log or _LOG
@@ -319,11 +278,11 @@ def fit_budget(
     sweep = n if n <= group_above else 2 * math.ceil(math.sqrt(n))
     planned = 1 + sweep + reserve if max_evaluations is None else min(1 + sweep + reserve, max_evaluations)
     with progress.step("qdq budget: reference run"):
-        ref = _Reference(float_model, batches, metric)
+        ref = Reference(float_model, batches, metric)
     log.info("qdq budget: %s >= %g over %d held-out samples (reference %.1f MiB), %d candidate nodes, ~%d evaluations planned",
              metric, target, ref.samples, ref.nbytes() / 2**20, n, planned)
     baseline = 1.0
-    ev = _Evaluator(ref, build, log, planned)
+    ev = _Evaluator(ref, build, batches, log, planned, runner)
     ev.limit = max_evaluations
     with progress.step(f"qdq budget: {metric} >= {target:g}", total=planned, unit="evaluations") as task:
         ev.task = task
@@ -332,10 +291,11 @@ def fit_budget(
 
         def result(k: int, met: bool, sensitivity: dict[str, float], ranked: list[str], estimated=(), unmeasured=(), notes=()) -> BudgetResult:
             seconds = time.perf_counter() - start
-            log.info("qdq budget: %s %.6f with %d of %d nodes kept float (%s); %d evaluations, %.1f s",
-                     metric, curve[k], k, n, "target met" if met else "target NOT met", ev.evaluations, seconds)
+            log.info("qdq budget: %s %.6f with %d of %d nodes kept float (%s); %d evaluations (%d on Ray), %.1f s",
+                     metric, curve[k], k, n, "target met" if met else "target NOT met", ev.evaluations, ev.ray_tasks, seconds)
             return BudgetResult(metric, target, baseline, all_quantized, curve[k], met, {x: sensitivity.get(x, 0.0) for x in ranked[:k]},
-                                sorted(curve.items()), sensitivity, ev.evaluations, ref.samples, seconds, list(estimated), list(unmeasured), list(notes))
+                                sorted(curve.items()), sensitivity, ev.evaluations, ref.samples, seconds, list(estimated), list(unmeasured), list(notes),
+                                ev.ray_tasks)
 
         if all_quantized >= target:
             return result(0, True, {}, nodes)

@@ -4,11 +4,14 @@
 fresh copy of the float model with the same placement (placement is deterministic, so node
 names match) minus the nodes to keep float, and the held-out batches calibration left out.
 The kept nodes are then dropped from the real placement with their measured cost as reason.
+With ``ray`` (``--ray auto|ADDRESS``) the sensitivity sweep runs in Ray tasks
+(:class:`~converter.passes.qdq._budget_ray.RayEvaluations`): the same result, ``ray_tasks`` in the facts.
 """
 
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +19,7 @@ import onnx
 
 from converter.errors import PassRefused
 from converter.passes.qdq._budget import BudgetResult, Feeds, Metric, fit_budget
+from converter.passes.qdq._budget_ray import RayEvaluations
 from converter.passes.qdq._model_plan import ModelPlan, apply_plan, place_model
 from converter.passes.qdq._placement import PlacementRules
 
@@ -57,17 +61,20 @@ def facts_of(result: BudgetResult) -> dict[str, Any]:
         "evaluations": result.evaluations,
         "samples": result.samples,
         "seconds": round(result.seconds, 2),
+        **({"ray_tasks": result.ray_tasks} if result.ray_tasks else {}),
         **({"notes": result.notes} if result.notes else {}),
     }
 
 
 def fit(float_model: onnx.ModelProto, plan: ModelPlan, types: dict[str, int], rules: PlacementRules, scales: dict[str, float],
-        heldout: list[Feeds], budget: Budget, model_dir: str | None, log: logging.Logger) -> BudgetResult:
-    """Measure, choose the nodes to keep float, and drop them from ``plan`` (each with its measured cost)."""
+        heldout: list[Feeds], budget: Budget, model_dir: str | None, log: logging.Logger, ray: str | None = None) -> BudgetResult:
+    """Measure, choose the nodes to keep float, and drop them from ``plan`` (each with its measured cost); ``ray``: the
+    ``--ray`` address the sweep's evaluations run on."""
     build = _builder(float_model, plan, types, rules, scales, model_dir)
     names = [n.name for n in plan.nodes]
     try:
-        result = fit_budget(float_model, build, names, lambda: iter(heldout), budget.target, budget.metric, log)
+        with RayEvaluations(ray, log) if ray else nullcontext() as runner:
+            result = fit_budget(float_model, build, names, lambda: iter(heldout), budget.target, budget.metric, log, runner=runner)
     except ValueError as exc:  # the model or data cannot be measured this way (e.g. top-1 of a scalar output)
         raise PassRefused(f"qdq accuracy budget: {exc}") from exc
     what = "cosine" if budget.metric == "cosine" else "top-1 agreement"

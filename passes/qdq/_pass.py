@@ -27,6 +27,7 @@ from typing import Literal
 
 import onnx
 
+from converter.calibration import RAY
 from converter.calibration.calibrators import Calibrator, scale_of
 from converter.calibration.collector import value_infos
 from converter.errors import PassRefused, UsageError
@@ -155,7 +156,7 @@ class QdqPass(Pass[QdqOptions]):
             if o.budget and not calibrated.heldout:
                 raise UsageError("qdq{target_cosine|target_top1} measures on held-out samples of --calib-data; a TensorRT calibration cache carries no samples")
             if o.budget and pristine is not None and placement.nodes:
-                result = fit(pristine, placement, types, rules, scales, calibrated.heldout, o.budget, ctx.model_dir, ctx.log)
+                result = fit(pristine, placement, types, rules, scales, calibrated.heldout, o.budget, ctx.model_dir, ctx.log, ray=ctx.inputs.get(RAY))
                 facts["budget"] = facts_of(result)
                 scales = {t: scales[t] for t in placement.activation_tensors()}
         if not placement.nodes:
