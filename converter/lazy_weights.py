@@ -70,6 +70,11 @@ def is_lazy(t: onnx.TensorProto) -> bool:
     return t.data_location == onnx.TensorProto.EXTERNAL and any(e.key == LAZY_KEY for e in t.external_data)
 
 
+def unreadable(t: onnx.TensorProto) -> bool:
+    """Stored externally and not lazy: no value in memory nor a checked file to read it from."""
+    return t.data_location == onnx.TensorProto.EXTERNAL and not is_lazy(t)
+
+
 def mark_lazy(t: onnx.TensorProto, real_path: str, folder: str) -> None:
     """Keep ``t`` in its file (already checked to be ``real_path``, inside the model's real ``folder``)."""
     for key, value in ((LAZY_KEY, real_path), (FOLDER_KEY, folder)):

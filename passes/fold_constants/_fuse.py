@@ -57,7 +57,7 @@ def _factors(follower: onnx.NodeProto, conv_out: str, consts: dict[str, onnx.Ten
         if follower.input[0] != conv_out or len([o for o in follower.output if o]) != 1 or _attr(follower, "training_mode", 0):
             return None
         params = [consts.get(x) for x in follower.input[1:5]]
-        if any(p is None or p.data_type != dtype or p.data_location == onnx.TensorProto.EXTERNAL for p in params):
+        if any(p is None or p.data_type != dtype or lazy_weights.unreadable(p) for p in params):
             return None
         scale, bias, mean, var = (lazy_weights.to_array(p).astype(np.float64) for p in params)
         if any(p.shape != (channels,) for p in (scale, bias, mean, var)):
@@ -66,7 +66,7 @@ def _factors(follower: onnx.NodeProto, conv_out: str, consts: dict[str, onnx.Ten
         return s, bias - mean * s
     if op in ("Add", "Mul") and len(follower.input) == 2:
         other = follower.input[1] if follower.input[0] == conv_out else follower.input[0]
-        if other == conv_out or other not in consts or consts[other].data_type != dtype or consts[other].data_location == onnx.TensorProto.EXTERNAL:
+        if other == conv_out or other not in consts or consts[other].data_type != dtype or lazy_weights.unreadable(consts[other]):
             return None
         c = _per_channel(lazy_weights.to_array(consts[other]), channels, rank)
         if c is None:
@@ -91,10 +91,10 @@ def fuse_conv(graph: onnx.GraphProto, opset: int) -> int:
             continue
         out = node.output[0]
         w_t = consts[node.input[1]]
-        if w_t.data_location == onnx.TensorProto.EXTERNAL or w_t.data_type not in _FLOATS or readers[out] != 1 or out in outputs or out not in reader_of:
+        if lazy_weights.unreadable(w_t) or w_t.data_type not in _FLOATS or readers[out] != 1 or out in outputs or out not in reader_of:
             continue
         has_bias = len(node.input) > 2 and bool(node.input[2])
-        if has_bias and (node.input[2] not in consts or consts[node.input[2]].data_type != w_t.data_type or consts[node.input[2]].data_location == onnx.TensorProto.EXTERNAL):
+        if has_bias and (node.input[2] not in consts or consts[node.input[2]].data_type != w_t.data_type or lazy_weights.unreadable(consts[node.input[2]])):
             continue
         idx = reader_of[out]
         w = lazy_weights.to_array(w_t)

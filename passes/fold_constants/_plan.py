@@ -140,7 +140,7 @@ class _Values:
         src = self.tensors.get(name)
         if isinstance(src, onnx.NodeProto):
             src = constant_node_tensor(src)
-        if src is None or src.data_type not in TRACKED_TYPES or int(np.prod(src.dims)) > MAX_ELEMENTS or src.data_location == onnx.TensorProto.EXTERNAL:
+        if src is None or src.data_type not in TRACKED_TYPES or int(np.prod(src.dims)) > MAX_ELEMENTS or lazy_weights.unreadable(src):
             return None
         return value_of_array(lazy_weights.to_array(src), src.data_type)
 

@@ -60,7 +60,7 @@ def duplicate_initializers(graph: onnx.GraphProto) -> Touched:
     renames: dict[str, str] = {}
     drop = []
     for i, (name, t) in enumerate((t.name, t) for t in graph.initializer):
-        if name not in consts or name in outputs or t.data_location == onnx.TensorProto.EXTERNAL or t.data_type == onnx.TensorProto.STRING:
+        if name not in consts or name in outputs or lazy_weights.unreadable(t) or t.data_type == onnx.TensorProto.STRING:
             continue
         data = lazy_weights.to_array(t)
         key = (t.data_type, tuple(t.dims), hashlib.sha256(np.ascontiguousarray(data).tobytes()).digest())
@@ -104,7 +104,7 @@ def duplicate_nodes(graph: onnx.GraphProto, opset: int) -> Touched:
 
 
 def _all_equal(t: onnx.TensorProto | None, value: float) -> bool:
-    if t is None or t.data_location == onnx.TensorProto.EXTERNAL or int(np.prod(t.dims)) > 1 << 20:
+    if t is None or lazy_weights.unreadable(t) or int(np.prod(t.dims)) > 1 << 20:
         return False
     return bool(np.all(lazy_weights.to_array(t) == value))
 
