@@ -83,7 +83,7 @@ def test_lazy_load_leaves_weights_in_their_file(model_path: Path, monkeypatch: p
     check_model(lazy.proto)  # the checker sees placeholders of the data file, never the weights
 
 
-def test_private_key_in_a_model_file_is_refused(tmp_path: Path, cli) -> None:  # noqa: ANN001
+def test_private_key_in_a_model_file_is_refused(tmp_path: Path, cli) -> None:
     secret = tmp_path / "secret.bin"
     secret.write_bytes(np.arange(128 * 128, dtype=np.float32).tobytes())
     inside = tmp_path / "in"
@@ -139,7 +139,7 @@ def test_writing_copies_file_to_file_aligned_and_leaves_the_model_as_it_was(mode
     back = onnx.load(str(tmp_path / "out" / "m.onnx"), load_external_data=False)
     for t in back.graph.initializer:
         if t.data_location == TensorProto.EXTERNAL:
-            assert int(dict((e.key, e.value) for e in t.external_data)["offset"]) % lazy_weights.ALIGNMENT == 0
+            assert int({e.key: e.value for e in t.external_data}["offset"]) % lazy_weights.ALIGNMENT == 0
     onnx.checker.check_model(str(tmp_path / "out" / "m.onnx"), full_check=True)
     monkeypatch.delenv(ENV)
     again = load_model(tmp_path / "out" / "m.onnx")
@@ -156,7 +156,7 @@ PIPELINES = [
 
 
 @pytest.mark.parametrize(("pipeline", "backend", "atol"), PIPELINES, ids=["fp32-ort", "int8-ort", "int8-onnx", "fp16-onnx"])
-def test_convert_lazily_gives_the_same_artifact(model_path: Path, tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+def test_convert_lazily_gives_the_same_artifact(model_path: Path, tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch,
                                                pipeline: str, backend: str, atol: float) -> None:
     calib = tmp_path / "calib.npz"
     np.savez(calib, **_feeds(16))

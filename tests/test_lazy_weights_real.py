@@ -40,7 +40,7 @@ def _run(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
 
 @pytest.mark.parametrize("precision", sorted(PIPELINES))
 @pytest.mark.parametrize("model_id", MODELS)
-def test_real_model_converts_the_same_with_lazy_weights(model_id: str, precision: str, tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+def test_real_model_converts_the_same_with_lazy_weights(model_id: str, precision: str, tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch) -> None:
     model = _with_external_data(model_id, tmp_path / "in")
     initializers = onnx.load(str(model), load_external_data=False).graph.initializer
     external = sum(1 for t in initializers if t.data_location == onnx.TensorProto.EXTERNAL)
