@@ -6,6 +6,10 @@ about to be quantized) are turned into graph inputs, so onnxsim cannot fold a
 weight ``DequantizeLinear`` into a float tensor (which quadruples the weights of
 a Q/DQ model); afterwards they become initializers again.
 
+Weights left in their files (a model with big external data, :mod:`converter.lazy_weights`) are hidden the
+same way: onnxsim sees them as inputs, so it folds nothing through them (``fold_constants`` does, reading one
+weight at a time).
+
 Where onnxsim cannot run (a model of 2 GiB or more, an exception inside
 onnxsim, its own check failing) the pass says why: with ``on_failure=error`` it
 fails, with ``on_failure=skip`` it leaves the model unchanged and reports the
@@ -27,6 +31,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from converter import lazy_weights
 from converter.errors import PassRefused, UsageError, describe_exception
 from converter.feeds import parse_shapes
 from converter.graph_edit import node_inputs, topological_sort
@@ -88,10 +93,11 @@ class HiddenWeights:
     """Initializers that were graph inputs already (IR < 4 models): their input stays."""
 
 
-def hide_qdq_weights(model: onnx.ModelProto) -> HiddenWeights:
-    """Turn the constant data inputs of main-graph Q/DQ nodes into graph inputs (in place)."""
+def hide_qdq_weights(model: onnx.ModelProto, *, qdq: bool = True, also: frozenset[str] = frozenset()) -> HiddenWeights:
+    """Turn the constant data inputs of main-graph Q/DQ nodes (with ``qdq``), and the initializers named in ``also``,
+    into graph inputs (in place)."""
     g = model.graph
-    wanted = {n.input[0] for n in g.node if n.op_type in QDQ_OPS and is_default_domain(n) and n.input and n.input[0]}
+    wanted = {n.input[0] for n in g.node if qdq and n.op_type in QDQ_OPS and is_default_domain(n) and n.input and n.input[0]} | set(also)
     wanted -= {o.name for o in g.output}
     declared = {i.name for i in g.input}
     hidden = HiddenWeights()
@@ -338,7 +344,10 @@ class SimplifyPass(Pass[SimplifyOptions]):
         work.CopyFrom(model)
         ir_bumped = _bump_old_ir(work)
         sorted_graphs = _sort_all(work)
-        hidden = hide_qdq_weights(work) if opts.protect_qdq else HiddenWeights()
+        # weights left in their files (converter.lazy_weights) are shown to onnxsim as inputs too: it would read them
+        # into memory, from the current folder; what it folds through them, fold_constants folds reading one at a time
+        lazy = frozenset(t.name for t in lazy_weights.lazy_initializers(work))
+        hidden = hide_qdq_weights(work, qdq=opts.protect_qdq, also=lazy) if opts.protect_qdq or lazy else HiddenWeights()
         simplified = run_onnxsim(work, opts, ctx)
         protected = restore_qdq_weights(simplified, hidden)
         restored = restore_interface(model, simplified)
@@ -348,6 +357,7 @@ class SimplifyPass(Pass[SimplifyOptions]):
             "nodes_after": after,
             "skipped_optimizers": "all" if _skipped(opts) is None else _skipped(opts),
             "qdq_weights_protected": protected,
+            "lazy_weights_hidden": len(lazy),
             "inputs_restored": restored,
             "ir_version_bumped": ir_bumped,
             "graphs_sorted": sorted_graphs,
