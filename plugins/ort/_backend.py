@@ -15,6 +15,7 @@ from converter.interface import plain_initializers
 from converter.model_io import PROTOBUF_LIMIT
 from converter.options import bounded
 from converter.ort_session import make_session, session_options
+from converter.plugins.ort._hardswish import join_hardswish_in_file
 from converter.plugins.ort._lowering import lower_for_ort_cpu
 from converter.plugins.ort._ranges import RangesError
 from converter.plugins.ort._runner import OrtRunner
@@ -139,7 +140,8 @@ class OrtBackend(Backend[OrtOptions]):
         lowered: list[str] = []
         weight_form = None
         facts: dict[str, int] = {}
-        if self.options.lower_qdq and any(n.op_type == "QuantizeLinear" for n in model.graph.node):
+        quantized = any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+        if self.options.lower_qdq and quantized:
             try:
                 lowering = lower_for_ort_cpu(model, self.options.qdq_weights, extend=self.options.qdq_extend, refit=self.options.qdq_refit)
             except RangesError as exc:
@@ -166,6 +168,8 @@ class OrtBackend(Backend[OrtOptions]):
             if "serializ" in str(exc).lower() and out.exists():  # it started writing the optimized model, then could not go on
                 raise UsageError(f"cannot write the artifact in {ctx.staging.parent}: ONNX Runtime could not write the optimized model (disk full or a file-size limit?)") from exc
             raise BackendError(f"ONNX Runtime cannot build a session for the model: {describe_exception(exc)}") from exc
+        if quantized:  # each HardSwish ORT inlined would dequantize its input twice at run time
+            facts["hardswish_joined"] = join_hardswish_in_file(out)
         files = sorted(p for p in ctx.staging.iterdir() if p.name.startswith(ctx.file_name))
         runner = OrtRunner(out, self.options.providers, self.options.threads, self._provider_options())
         manifest = base_manifest(

@@ -1,0 +1,71 @@
+"""-b ort writes HardSwish back where ONNX Runtime's saved model inlined it (HardSigmoid + Mul): each quantized
+HardSwish then dequantizes its input once at run time, not once per reader (``plugins/ort/_hardswish.py``)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+from converter.convert_job import ConvertRequest, convert
+from converter.plugins.ort._hardswish import join_hardswish, join_hardswish_in_file
+from tests.test_ort_lowering_acts import _samples, conv_hardswish, cosine, plugins  # noqa: F401  (plugins: a fixture)
+
+
+def _swish_graph(alpha: float = 1 / 6, extra_reader: bool = False) -> onnx.GraphProto:
+    nodes = [helper.make_node("HardSigmoid", ["x"], ["h"], name="hs", alpha=alpha, beta=0.5), helper.make_node("Mul", ["x", "h"], ["y"], name="mul")]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    if extra_reader:
+        nodes.append(helper.make_node("Neg", ["h"], ["z"], name="neg"))
+        outputs.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, None))
+    return helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])], outputs)
+
+
+def test_join_only_the_exact_pattern() -> None:
+    g = _swish_graph()
+    assert join_hardswish(g, {"hs", "mul"}) == 1
+    assert [(n.op_type, list(n.input), list(n.output)) for n in g.node] == [("HardSwish", ["x"], ["y"])]
+    assert join_hardswish(_swish_graph(alpha=0.2), set()) == 0  # ONNX's default HardSigmoid is not HardSwish's
+    assert join_hardswish(_swish_graph(extra_reader=True), set()) == 0  # the HardSigmoid is read elsewhere too
+
+
+def test_join_keeps_values_and_old_opsets_alone(tmp_path: Path) -> None:
+    x = np.linspace(-5, 5, 4, dtype=np.float32)
+    for opset, joined in ((17, 1), (13, 0)):  # HardSwish is an opset-14 op
+        path = tmp_path / f"m{opset}.onnx"
+        onnx.save(helper.make_model(_swish_graph(), opset_imports=[helper.make_opsetid("", opset)]), str(path))
+        before = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        assert join_hardswish_in_file(path) == joined
+        after = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        np.testing.assert_allclose(after, before, rtol=1e-6, atol=1e-7)
+
+
+def _runtime_ops(path: Path, tmp: Path) -> tuple[Counter[str], list[str]]:
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.optimized_model_filepath = str(tmp / "runtime.onnx")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    g = onnx.load(str(tmp / "runtime.onnx")).graph
+    return Counter(n.op_type for n in g.node), [n.input[0] for n in g.node if n.op_type == "DequantizeLinear"]
+
+
+def test_quantized_hardswish_dequantizes_once(tmp_path: Path, plugins) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    model = conv_hardswish()
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "calib.npz", x=_samples(model, 16, 0))
+    out = convert(ConvertRequest(model=tmp_path / "m.onnx", pipeline="qdq", backend="ort", output=tmp_path / "m.ort.onnx",
+                                 pass_inputs={"calib_data": str(tmp_path / "calib.npz")}), plugins)
+    assert out.artifact.manifest["hardswish_joined"] == 2
+    written = Counter(n.op_type for n in onnx.load(str(tmp_path / "m.ort.onnx")).graph.node)
+    assert written["HardSwish"] == 2 and written["HardSigmoid"] == 0, dict(written)
+    ops, dq_inputs = _runtime_ops(tmp_path / "m.ort.onnx", tmp_path)
+    assert len(dq_inputs) == len(set(dq_inputs)), f"a tensor dequantized twice at run time: {dict(ops)}"
+    assert ops["QLinearConv"] == 2, dict(ops)
+    x = _samples(model, 8, 1)
+    ref = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = ort.InferenceSession(str(tmp_path / "m.ort.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert cosine(got, ref) >= 0.99
