@@ -178,6 +178,38 @@ def test_u8_weights_fuse_and_do_not_saturate(tmp_path) -> None:  # type: ignore[
     assert diff <= 1.01 * s_out
 
 
+def test_s7_weights_fuse_into_u8s8_kernels_and_do_not_saturate(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """7-bit weights (within +-63): ORT's fast U8S8 kernels, exact even where they saturate with full int8 weights."""
+    model, x, s_out = _saturating_conv(relu=True)
+    low = lower_for_ort_cpu(model, weights="s7")
+    assert (low.weights, low.u8_weights) == ("s7", ["wq"])
+    onnx.checker.check_model(low.model, full_check=True)
+    w_dq = next(n for n in low.model.graph.node if n.output[0] == "w")
+    inits, before = _initializers(low.model), _initializers(model)
+    q7 = inits[w_dq.input[0]]
+    assert q7.dtype == np.int8 and np.abs(q7.astype(np.int16)).max() <= 63
+    # the same weights on a grid of half the resolution: within half a 7-bit step of the int8 ones, per channel
+    w8, w7 = before["wq"] * before["ws"].reshape(-1, 1, 1, 1), q7 * inits[w_dq.input[1]].reshape(-1, 1, 1, 1)
+    assert np.all(np.abs(w7 - w8) <= 0.5001 * inits[w_dq.input[1]].reshape(-1, 1, 1, 1))
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "s7.onnx")
+    ort.InferenceSession(low.model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(str(tmp_path / "s7.onnx"))
+    convs = [n for n in optimized.graph.node if n.op_type == "QLinearConv"]
+    assert len(convs) == 1 and _initializers(optimized)[convs[0].input[3]].dtype == np.int8, "int8 weights: the U8S8 kernel"
+    assert np.abs(_run(low.model, x) - _run(low.model, x, "ORT_DISABLE_ALL")).max() <= 1.01 * s_out, "fused = unfused: no saturation"
+
+
+def test_s7_keeps_a_channel_already_within_63_as_it_is() -> None:
+    from converter.plugins.ort._weights import _to_s7
+
+    w = np.array([[10, -63, 5], [127, -100, 1]], np.int8)
+    q, scale = _to_s7(w, np.array([0.1, 0.2], np.float32), axis=0)
+    np.testing.assert_array_equal(q[0], w[0])
+    assert scale[0] == np.float32(0.1) and np.isclose(scale[1], 0.2 * 127 / 63)
+    np.testing.assert_array_equal(q[1], np.rint(w[1].astype(np.float32) * 63 / 127).astype(np.int8))
+
+
 def test_detection_never_calls_a_saturating_cpu_exact() -> None:
     """Where ORT's fused U8S8 conv saturates on this machine, ``u8s8_is_exact()`` says so (no saturation: nothing to check)."""
     model, x, s_out = _saturating_conv(relu=True)
@@ -191,10 +223,10 @@ def test_detection_never_calls_a_saturating_cpu_exact() -> None:
 def test_auto_follows_cpu_detection(monkeypatch: pytest.MonkeyPatch, exact: bool) -> None:
     monkeypatch.setattr(_lowering, "u8s8_is_exact", lambda: exact)
     low = lower_for_ort_cpu(_saturating_conv(relu=True)[0])
-    assert low.weights == ("s8" if exact else "u8")
+    assert low.weights == ("s8" if exact else "s7")
     assert low.u8_weights == ([] if exact else ["wq"])
     float_weights = lower_for_ort_cpu(_conv_relu_qdq_conv())
-    assert float_weights.u8_weights == ([] if exact else ["w1"]), "a float weight ORT would quantize to int8 is quantized as uint8/128"
+    assert float_weights.u8_weights == ([] if exact else ["w1"]), "a float weight ORT would quantize to int8 is quantized to 7 bits"
 
 
 def test_unknown_weight_form_is_refused() -> None:
@@ -229,8 +261,9 @@ def test_cpu_flags_reads_proc_cpuinfo_text() -> None:
     assert _cpu.cpu_flags("processor\t: 0\n") is None
 
 
+@pytest.mark.parametrize("form", ["u8", "s7"])
 @pytest.mark.parametrize(("op", "float_weight"), [("MatMul", False), ("Gemm", False), ("Gemm", True)])
-def test_u8_weights_of_matmul_and_gemm(op: str, float_weight: bool) -> None:
+def test_u8_weights_of_matmul_and_gemm(op: str, float_weight: bool, form: str) -> None:
     """MatMul (QLinearMatMul) and Gemm (QGemm) weights too; a float Gemm weight (transB=1) is quantized per output row."""
     rng = np.random.default_rng(4)
     k, n = 64, 32
@@ -251,7 +284,7 @@ def test_u8_weights_of_matmul_and_gemm(op: str, float_weight: bool) -> None:
               helper.make_node("QuantizeLinear", ["c", "so", "z"], ["cq"]), helper.make_node("DequantizeLinear", ["cq", "so", "z"], ["y"])]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4, k])],
                               [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4, n])], inits)
-    low = lower_for_ort_cpu(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), weights="u8")
+    low = lower_for_ort_cpu(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), weights=form)  # type: ignore[arg-type]
     assert low.u8_weights == ["w" if float_weight else "wq"]
     onnx.checker.check_model(low.model, full_check=True)
     x = rng.uniform(3, 4, (4, k)).astype(np.float32)

@@ -33,10 +33,11 @@ class OrtOptions:
         default=True,
         metadata={"help": "activation Q/DQ as uint8 for ORT's CPU kernels: after Relu/ReLU6 zero point 0 (same range, finer steps), else zero point 128 (same grid)"},
     )
-    qdq_weights: Literal["auto", "s8", "u8"] = field(
+    qdq_weights: Literal["auto", "s8", "s7", "u8"] = field(
         default="auto",
-        metadata={"help": "weights read with uint8 activations: s8 (u8s8 kernels, fastest where the CPU has VNNI), u8 (u8u8, exact on every x86 CPU), "
-                  "auto: s8 only where this CPU's u8s8 kernels do not saturate (AVX2 without VNNI saturates); pick u8 when the target CPU differs"},
+        metadata={"help": "weights read with uint8 activations: s8 (u8s8 kernels, fastest; exact where the CPU has VNNI), s7 (int8 within +-63: the same "
+                  "kernels, exact on every CPU, half the weight resolution), u8 (u8u8, exact on every x86 CPU, slower); "
+                  "auto: s8 where this CPU's u8s8 kernels do not saturate, else s7 (AVX2 without VNNI saturates); pick s7 or u8 when the target CPU differs"},
     )
     qdq_extend: bool = field(
         default=True,

@@ -43,10 +43,11 @@ from converter.plugins.ort._cpu import u8s8_is_exact
 from converter.plugins.ort._graph import GraphIndex, const_value, in_default_domain
 from converter.plugins.ort._pads import fold_pads
 from converter.plugins.ort._ranges import activation_ranges
-from converter.plugins.ort._weights import float_input_layers, weights_to_u8
+from converter.plugins.ort._weights import float_input_layers, store_weights
 
-WeightForm = Literal["auto", "s8", "u8"]
-"""``s8``: int8 weights (U8S8 kernels); ``u8``: uint8 weights, zero point 128 (U8U8); ``auto``: ``s8`` where U8S8 is exact on this CPU."""
+WeightForm = Literal["auto", "s8", "s7", "u8"]
+"""``s8``: int8 weights (U8S8 kernels); ``s7``: int8 weights within +-63 (U8S8 kernels, exact everywhere); ``u8``: uint8 weights,
+zero point 128 (U8U8 kernels, exact everywhere, slower); ``auto``: ``s8`` where U8S8 is exact on this CPU, else ``s7``."""
 
 
 @dataclass
@@ -56,8 +57,8 @@ class Lowering:
     """Tensors whose Q/DQ pair became uint8 (zero point 0, scale amax/255)."""
     shifted: list[str] = field(default_factory=list)
     """Tensors whose Q/DQ pair became uint8 with zero point 128 (same grid as int8/0)."""
-    weights: Literal["s8", "u8"] = "s8"
-    """The weight form chosen (``auto`` resolved): ``s8`` keeps int8 weights, ``u8`` stores them as uint8/128."""
+    weights: Literal["s8", "s7", "u8"] = "s8"
+    """The weight form chosen (``auto`` resolved): ``s8`` keeps int8 weights, ``s7`` puts them on 7 bits, ``u8`` stores them as uint8/128."""
     u8_weights: list[str] = field(default_factory=list)
     """Weight initializers now read as uint8/128: int8 ones shifted, float ones quantized per channel."""
     added: list[str] = field(default_factory=list)
@@ -83,12 +84,12 @@ def _non_negative(node: onnx.NodeProto | None, graph: onnx.GraphProto, inits: di
     return False
 
 
-def resolve_weight_form(weights: WeightForm) -> Literal["s8", "u8"]:
-    """``weights`` with ``auto`` decided for this CPU: ``s8`` where ORT's U8S8 kernels are exact, else ``u8``."""
+def resolve_weight_form(weights: WeightForm) -> Literal["s8", "s7", "u8"]:
+    """``weights`` with ``auto`` decided for this CPU: ``s8`` where ORT's U8S8 kernels are exact, else ``s7``."""
     if weights == "auto":
-        return "s8" if u8s8_is_exact() else "u8"
-    if weights not in ("s8", "u8"):
-        raise ValueError(f"weights must be 'auto', 's8' or 'u8', not {weights!r}")
+        return "s8" if u8s8_is_exact() else "s7"
+    if weights not in ("s8", "s7", "u8"):
+        raise ValueError(f"weights must be 'auto', 's8', 's7' or 'u8', not {weights!r}")
     return weights
 
 
@@ -151,8 +152,8 @@ def lower_for_ort_cpu(model: onnx.ModelProto, weights: WeightForm = "auto", exte
     if ranges:
         chain = extend_chain(g, ranges, _opset(out), refit, extend)
         result.added, result.same_grid, result.refit = chain.added, chain.same_grid, chain.refit
-    if form == "u8":
-        result.u8_weights = weights_to_u8(g, float_layers)
+    if form in ("u8", "s7"):
+        result.u8_weights = store_weights(g, form, float_layers)
     if retyped or result.u8_weights or result.folded_pads:  # the Q outputs are uint8 now: drop their stale int8 annotations and the unread parameters
         read = {x for n in g.node for x in node_inputs(n)} | {i.name for i in g.input} | {o.name for o in g.output}  # subgraphs' reads too
         gone = {t.name for t in g.initializer if t.name not in read}

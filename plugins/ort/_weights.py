@@ -1,4 +1,4 @@
-"""Weights read with uint8 activations stored as uint8 with zero point 128 (U8U8), for CPUs whose U8S8 kernels saturate.
+"""Weights read with uint8 activations in a form ORT's integer kernels compute exactly on CPUs whose U8S8 kernels saturate.
 
 Weights read with a uint8 activation (by Conv, MatMul, Gemm: the ops ORT fuses into
 QLinearConv, QLinearMatMul/MatMulIntegerToFloat, QGemm) stay int8 (U8S8) where ORT's
@@ -10,6 +10,13 @@ QuantizeLinear through Relu/Clip only) is quantized here, per output channel, sy
 (scale amax/127), as uint8/128. Only where ORT would: a layer whose input 0 was float in
 the canonical graph (``qdq`` left it float) keeps its float weight even once the lowering
 has given that input a pair.
+
+The other exact form is 7-bit weights (``s7``, ORT's quantizer calls it ``reduce_range``): int8 values within
++-63, so a pair of u8*s8 products, at most 2*255*63 = 32130, fits the int16 that ``VPMADDUBSW`` saturates
+at; the fast U8S8 kernels then compute exactly. Each channel's int8 weights are re-expressed on a grid of
+half the resolution (w7 = round(w8 * 63 / m), scale * m / 63, m the channel's largest |w8|; a channel
+already within +-63 is kept as it is); a float weight ORT would quantize itself is quantized the same way
+per output channel, scale amax/63.
 """
 
 from __future__ import annotations
@@ -69,11 +76,41 @@ def _quantize_u8(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     return q.astype(np.uint8), scale
 
 
-def weights_to_u8(g: onnx.GraphProto, float_layers: Collection[str] = ()) -> list[str]:
-    """Store the weights of Conv/MatMul/Gemm whose activation input is uint8 as uint8/128; the names of those weights.
+def _channel_max(w: np.ndarray, axis: int | None) -> np.ndarray:
+    """Largest |w| per slice along ``axis`` (keeping dims for broadcasting), or over all of ``w`` (axis None)."""
+    if axis is None:
+        return np.max(np.abs(w.astype(np.int16))).reshape([1] * w.ndim)
+    return np.max(np.abs(w.astype(np.int16)), axis=tuple(i for i in range(w.ndim) if i != axis), keepdims=True)
 
-    An int8 weight read through a DequantizeLinear is shifted (w + 128, zero point + 128,
-    same scale): the DequantizeLinear's output does not change. A float Conv/Gemm weight
+
+def _to_s7(w: np.ndarray, scale: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """int8 weights and their scale (one, or one per slice along ``axis``) on a 7-bit grid: (values within +-63, scale)."""
+    m = _channel_max(w, axis).astype(np.float32)
+    ratio = np.where(m > 63, m / np.float32(63), np.float32(1)).astype(np.float32)
+    q = np.clip(np.rint(w.astype(np.float32) / ratio), -63, 63).astype(np.int8)
+    return q, (scale.astype(np.float32) * ratio.reshape(scale.shape)).astype(np.float32)
+
+
+def _quantize_s7(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-channel quantization to 7 bits: (w / scale rounded, within +-63; scale = amax/63)."""
+    reduce = tuple(i for i in range(w.ndim) if i != axis)
+    amax = np.max(np.abs(w), axis=reduce).astype(np.float32)
+    scale = np.where(amax > 0, amax / np.float32(63), np.float32(1)).astype(np.float32)
+    shape = [-1 if i == axis else 1 for i in range(w.ndim)]
+    return np.clip(np.rint(w / scale.reshape(shape)), -63, 63).astype(np.int8), scale
+
+
+def weights_to_u8(g: onnx.GraphProto, float_layers: Collection[str] = ()) -> list[str]:
+    """:func:`store_weights` as uint8/128."""
+    return store_weights(g, "u8", float_layers)
+
+
+def store_weights(g: onnx.GraphProto, form: str, float_layers: Collection[str] = ()) -> list[str]:
+    """Store the weights of Conv/MatMul/Gemm whose activation input is uint8 as uint8/128 (``form`` u8) or as 7-bit
+    int8 (``s7``); the names of those weights.
+
+    u8: an int8 weight read through a DequantizeLinear is shifted (w + 128, zero point + 128,
+    same scale): the DequantizeLinear's output does not change. s7: it is put on a 7-bit grid (:func:`_to_s7`). A float Conv/Gemm weight
     that ORT would quantize to int8 itself is quantized per output channel instead, unless
     the layer (by output name) is in ``float_layers``: one that was float in the canonical
     graph (:func:`float_input_layers` of it), which stays float.
@@ -96,6 +133,18 @@ def weights_to_u8(g: onnx.GraphProto, float_layers: Collection[str] = ()) -> lis
             zp = const_value(g, inits, dq.input[2]) if len(dq.input) > 2 and dq.input[2] else np.zeros((), np.int8)
             if w.dtype != np.int8 or zp is None or zp.dtype != np.int8 or dq.output[0] in shifted:
                 continue
+            if form == "s7":
+                scale = const_value(g, inits, dq.input[1])
+                if np.any(zp != 0) or scale is None or dq.input[1] not in inits:
+                    continue  # a zero point moves the raw values the kernel multiplies: left as it is
+                axis = None if scale.size == 1 else next((a.i for a in dq.attribute if a.name == "axis"), 1) % w.ndim
+                q7, s7 = _to_s7(w, scale, axis)
+                q_name, s_name = unique_name(f"{dq.input[0]}_s7", used), unique_name(f"{dq.input[0]}_s7_scale", used)
+                g.initializer.extend([numpy_helper.from_array(q7, q_name), numpy_helper.from_array(s7.reshape(scale.shape), s_name)])
+                done.append(dq.input[0])
+                dq.input[0], dq.input[1] = q_name, s_name
+                shifted.add(dq.output[0])
+                continue
             q_name, z_name = unique_name(f"{dq.input[0]}_u8", used), unique_name(f"{dq.input[0]}_u8_zero_point", used)
             g.initializer.append(numpy_helper.from_array((w.astype(np.int16) + 128).astype(np.uint8), q_name))
             g.initializer.append(numpy_helper.from_array((zp.astype(np.int16) + 128).astype(np.uint8), z_name))
@@ -110,10 +159,10 @@ def weights_to_u8(g: onnx.GraphProto, float_layers: Collection[str] = ()) -> lis
             w = lazy_weights.to_array(inits[w_name])
             trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
             axis = 0 if node.op_type == "Conv" or trans_b else 1
-            q, scale = _quantize_u8(w, axis)
-            q_name, s_name, z_name, dq_out = (unique_name(f"{w_name}_{part}", used) for part in ("u8", "u8_scale", "u8_zero_point", "dequantized"))
-            g.initializer.extend([numpy_helper.from_array(q, q_name), numpy_helper.from_array(scale, s_name),
-                                  numpy_helper.from_array(np.full(scale.shape, 128, np.uint8), z_name)])
+            q, scale = _quantize_s7(w, axis) if form == "s7" else _quantize_u8(w, axis)
+            zero = np.zeros(scale.shape, np.int8) if form == "s7" else np.full(scale.shape, 128, np.uint8)
+            q_name, s_name, z_name, dq_out = (unique_name(f"{w_name}_{part}", used) for part in (form, f"{form}_scale", f"{form}_zero_point", "dequantized"))
+            g.initializer.extend([numpy_helper.from_array(q, q_name), numpy_helper.from_array(scale, s_name), numpy_helper.from_array(zero, z_name)])
             new_nodes.append(onnx.helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [dq_out], name=unique_name(f"{w_name}_DequantizeLinear", used), axis=axis))
             for reader in readers.get(w_name, []):  # every reader of this float weight: the same grid for all
                 if reader.op_type == node.op_type and reader.output[0] not in float_layers and len(reader.input) > 1 and reader.input[1] == w_name and uint8_dq(producer.get(reader.input[0]), g, inits) and _reaches_q(reader, readers):
