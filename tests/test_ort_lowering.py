@@ -223,10 +223,10 @@ def test_detection_never_calls_a_saturating_cpu_exact() -> None:
 def test_auto_follows_cpu_detection(monkeypatch: pytest.MonkeyPatch, exact: bool) -> None:
     monkeypatch.setattr(_lowering, "u8s8_is_exact", lambda: exact)
     low = lower_for_ort_cpu(_saturating_conv(relu=True)[0])
-    assert low.weights == ("s8" if exact else "s7")
+    assert low.weights == ("s8" if exact else "u8")
     assert low.u8_weights == ([] if exact else ["wq"])
     float_weights = lower_for_ort_cpu(_conv_relu_qdq_conv())
-    assert float_weights.u8_weights == ([] if exact else ["w1"]), "a float weight ORT would quantize to int8 is quantized to 7 bits"
+    assert float_weights.u8_weights == ([] if exact else ["w1"]), "a float weight ORT would quantize to int8 is quantized as uint8/128"
 
 
 def test_unknown_weight_form_is_refused() -> None:

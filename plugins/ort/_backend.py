@@ -37,7 +37,7 @@ class OrtOptions:
         default="auto",
         metadata={"help": "weights read with uint8 activations: s8 (u8s8 kernels, fastest; exact where the CPU has VNNI), s7 (int8 within +-63: the same "
                   "kernels, exact on every CPU, half the weight resolution), u8 (u8u8, exact on every x86 CPU, slower); "
-                  "auto: s8 where this CPU's u8s8 kernels do not saturate, else s7 (AVX2 without VNNI saturates); pick s7 or u8 when the target CPU differs"},
+                  "auto: s8 where this CPU's u8s8 kernels do not saturate, else u8 (AVX2 without VNNI saturates); pick u8 or s7 when the target CPU differs"},
     )
     qdq_extend: bool = field(
         default=True,
