@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper
 
 from converter.convert_job import ConvertRequest, convert
-from converter.plugins.ort._hardswish import join_hardswish, join_hardswish_in_file
+from converter.plugins.ort._hardswish import collapse_written_out, join_hardswish, join_hardswish_in_file
 from tests.test_ort_lowering_acts import _samples, conv_hardswish, cosine, plugins  # noqa: F401  (plugins: a fixture)
 
 
@@ -69,3 +70,44 @@ def test_quantized_hardswish_dequantizes_once(tmp_path: Path, plugins) -> None: 
     ref = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     got = ort.InferenceSession(str(tmp_path / "m.ort.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     assert cosine(got, ref) >= 0.99
+
+
+def _written_out(opset: int, variant: str = "paddle", extra_reader: bool = False) -> onnx.ModelProto:
+    consts = {"three": 3.0, "zero": 0.0, "six": 6.0, "five": 5.0}
+    if variant == "paddle":  # Mul(x, Clip(x + 3, 0, 6)) / 6
+        nodes = [helper.make_node("Add", ["x", "three"], ["a"]), helper.make_node("Clip", ["a", "zero", "six"], ["c"]),
+                 helper.make_node("Mul", ["x", "c"], ["m"]), helper.make_node("Div", ["m", "six"], ["y"])]
+    elif variant == "torch":  # x * (Clip(3 + x, 0, 6) / 6)
+        nodes = [helper.make_node("Add", ["three", "x"], ["a"]), helper.make_node("Clip", ["a", "zero", "six"], ["c"]),
+                 helper.make_node("Div", ["c", "six"], ["d"]), helper.make_node("Mul", ["d", "x"], ["y"])]
+    else:  # not a HardSwish: Clip's max 5 with a division by 6
+        nodes = [helper.make_node("Add", ["x", "three"], ["a"]), helper.make_node("Clip", ["a", "zero", "five"], ["c"]),
+                 helper.make_node("Mul", ["x", "c"], ["m"]), helper.make_node("Div", ["m", "six"], ["y"])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])]
+    if extra_reader:
+        outputs.append(helper.make_tensor_value_info("c", TensorProto.FLOAT, [None]))
+    inits = [onnx.numpy_helper.from_array(np.array(v, np.float32), k) for k, v in consts.items()]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])], outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _values(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(["y"], {"x": x})[0]
+
+
+@pytest.mark.parametrize(("opset", "variant", "ops"), [(13, "paddle", ["HardSigmoid", "Mul"]), (17, "paddle", ["HardSwish"]),
+                                                       (13, "torch", ["HardSigmoid", "Mul"]), (17, "torch", ["HardSwish"])])
+def test_written_out_hardswish_collapses(opset: int, variant: str, ops: list[str]) -> None:
+    model = _written_out(opset, variant)
+    x = np.linspace(-8, 8, 100_001, dtype=np.float32)
+    before = _values(model, x)
+    assert collapse_written_out(model.graph, opset) == 1
+    assert [n.op_type for n in model.graph.node] == ops
+    onnx.checker.check_model(model, full_check=True)
+    np.testing.assert_allclose(_values(model, x), before, rtol=1e-6, atol=1e-6)
+
+
+def test_what_is_not_a_hardswish_stays() -> None:
+    for model in (_written_out(13, "other"), _written_out(13, "paddle", extra_reader=True)):
+        ops = [n.op_type for n in model.graph.node]
+        assert collapse_written_out(model.graph, 13) == 0 and [n.op_type for n in model.graph.node] == ops

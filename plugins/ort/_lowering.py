@@ -10,6 +10,7 @@ Q/DQ around it, slower than fp32.
 
 The steps, in order, each in its own module:
 
+0. ``_hardswish``: a written-out HardSwish (Add, Clip, Mul, Div) becomes ``x * HardSigmoid(x)`` or ``HardSwish``.
 1. ``_pads``: a constant zero Pad before a Conv goes into the Conv's pads.
 2. Here: for every activation Q/DQ pair whose input is non-negative by construction (the
    output of Relu, or of Clip with a constant min >= 0) the pair is re-expressed as uint8
@@ -40,7 +41,9 @@ from onnx import numpy_helper
 from converter.graph_edit import node_inputs, replace_repeated
 from converter.plugins.ort._chain import extend_chain
 from converter.plugins.ort._cpu import u8s8_is_exact
+from converter.plugins.ort._floors import floor_of, uint8_over
 from converter.plugins.ort._graph import GraphIndex, const_value, in_default_domain
+from converter.plugins.ort._hardswish import collapse_written_out
 from converter.plugins.ort._pads import fold_pads
 from converter.plugins.ort._ranges import activation_ranges
 from converter.plugins.ort._weights import float_input_layers, store_weights
@@ -68,6 +71,10 @@ class Lowering:
     """Tensors of reshapes, pooling, Split... whose pair now has their input's parameters (ORT runs the op on uint8)."""
     refit: list[str] = field(default_factory=list)
     """Existing pairs re-expressed over their calibrated range (asymmetric uint8)."""
+    hardswish_collapsed: int = 0
+    """Written-out HardSwishes (Add, Clip, Mul, Div) rewritten as x * HardSigmoid(x) or HardSwish (``_hardswish``)."""
+    floored: list[str] = field(default_factory=list)
+    """Pairs after an op with a known floor (HardSwish, SiLU...) as uint8 over [floor, amax] (``_floors``)."""
     folded_pads: list[str] = field(default_factory=list)
     """Pad nodes folded into the Convs after them."""
     ranges: int = 0
@@ -99,7 +106,8 @@ def _opset(model: onnx.ModelProto) -> int:
 
 
 def _pairs_to_uint8(g: onnx.GraphProto, result: Lowering) -> set[str]:
-    """Step 2: every symmetric int8 activation pair as uint8 (zero point 0 after Relu/Clip, else 128); the Q outputs retyped.
+    """Step 2: every symmetric int8 activation pair as uint8 (zero point 0 after Relu/Clip and other non-negative ops, over
+    [floor, amax] after an op with a known floor (``_floors``), else 128: the same grid); the Q outputs retyped.
 
     A Q whose output is a graph output keeps its int8 type: the model's interface does not change.
     """
@@ -117,9 +125,15 @@ def _pairs_to_uint8(g: onnx.GraphProto, result: Lowering) -> set[str]:
             continue  # only plain pairs sharing the Q's parameters
         base = q.output[0]
         s_name, z_name = f"{base}_u8_scale", f"{base}_u8_zero_point"
-        if _non_negative(producer.get(q.input[0]), g, inits):
-            new_scale, new_zero = float(scale.reshape(())) * 127.0 / 255.0, 0
+        amax = float(scale.reshape(())) * 127.0
+        floor = 0.0 if _non_negative(producer.get(q.input[0]), g, inits) else floor_of(q.input[0], g, index)
+        over = uint8_over(floor, amax) if floor is not None and floor < 0.0 else None
+        if floor is not None and floor >= 0.0:
+            new_scale, new_zero = amax / 255.0, 0
             result.lowered.append(q.input[0])
+        elif over is not None:  # the function's own floor (HardSwish: -0.375) instead of -amax: finer steps, nothing more clipped
+            new_scale, new_zero = over
+            result.floored.append(q.input[0])
         else:
             new_scale, new_zero = float(scale.reshape(())), 128
             result.shifted.append(q.input[0])
@@ -147,6 +161,7 @@ def lower_for_ort_cpu(model: onnx.ModelProto, weights: WeightForm = "auto", exte
     out.CopyFrom(model)
     g = out.graph
     result = Lowering(out, weights=form, ranges=len(ranges))
+    result.hardswish_collapsed = collapse_written_out(g, _opset(out))
     result.folded_pads = fold_pads(g)
     retyped = _pairs_to_uint8(g, result)
     float_layers = float_input_layers(g)  # before the chain gives their inputs pairs: the layers qdq left float
@@ -155,7 +170,7 @@ def lower_for_ort_cpu(model: onnx.ModelProto, weights: WeightForm = "auto", exte
         result.added, result.same_grid, result.refit = chain.added, chain.same_grid, chain.refit
     if form in ("u8", "s7"):
         result.u8_weights = store_weights(g, form, float_layers)
-    if retyped or result.u8_weights or result.folded_pads:  # the Q outputs are uint8 now: drop their stale int8 annotations and the unread parameters
+    if retyped or result.u8_weights or result.folded_pads or result.hardswish_collapsed:  # the Q outputs are uint8 now: drop their stale int8 annotations and the unread parameters
         read = {x for n in g.node for x in node_inputs(n)} | {i.name for i in g.input} | {o.name for o in g.output}  # subgraphs' reads too
         gone = {t.name for t in g.initializer if t.name not in read}
         produced = {o for n in g.node for o in n.output} | read

@@ -11,6 +11,7 @@ Known readers (x is the tensor):
 - ``Relu(x)``: [0, inf); ``Clip(x, a, b)`` with constant bounds: [a, b];
 - ``HardSigmoid(x; alpha, beta)``: [-beta/alpha, (1 - beta)/alpha] (alpha > 0);
 - ``HardSwish(x)``: [-3, inf);
+- ``Mul(x, HardSigmoid(x; alpha, beta))``: [-beta/alpha, inf);
 - HardSwish written out, as Paddle and older PyTorch exports do: ``Add(x, c) -> Clip(0, h)
   -> [Mul/Div by a positive constant]... -> Mul(x, .)`` (the Add and the Mul both read
   x): for x <= -c the Clip gives 0 and so does the product, so [-c, inf).
@@ -111,12 +112,25 @@ def reader_window(x: str, g: onnx.GraphProto, index: GraphIndex) -> Window:
             closing.add(hswish[1].output[0])
             continue
         w = _reader_window(node, x, g, index)
+        if w is None and node.op_type == "Mul":
+            w = _gated_window(node, x, index)
         if w is None:
             if node.op_type == "Mul" and any(_closes(node, r, x, g, index) for r in readers):
                 continue  # the Mul of a written-out HardSwish seen before its Add
             return UNBOUNDED
         windows.append(w)
     return min(w[0] for w in windows), max(w[1] for w in windows)
+
+
+def _gated_window(mul: onnx.NodeProto, x: str, index: GraphIndex) -> Window | None:
+    """``Mul(x, HardSigmoid(x; alpha, beta))`` (HardSwish as two ops): 0 for x <= -beta/alpha, so [-beta/alpha, inf)."""
+    if not in_default_domain(mul) or len(mul.input) != 2 or x not in mul.input:
+        return None
+    gate = index.producer.get(mul.input[1] if mul.input[0] == x else mul.input[0])
+    if gate is None or gate.op_type != "HardSigmoid" or not in_default_domain(gate) or gate.input[0] != x:
+        return None
+    alpha, beta = float(attribute(gate, "alpha", 0.2)), float(attribute(gate, "beta", 0.5))
+    return (-beta / alpha, math.inf) if alpha > 0 else None
 
 
 def _closes(mul: onnx.NodeProto, add: onnx.NodeProto, x: str, g: onnx.GraphProto, index: GraphIndex) -> bool:
