@@ -1,5 +1,5 @@
-"""Pairs after ops with a known floor (HardSwish, SiLU, x*HardSigmoid(x), HardSwish written out) span [floor, amax]
-in the ORT lowering: finer steps than the symmetric [-amax, amax], and nothing clipped that it would keep."""
+"""Pairs after ops with a known floor (HardSwish, SiLU, x*HardSigmoid(x), HardSwish written out:
+``converter.activation_floors``) span [floor, amax] in the ORT lowering: finer steps than the symmetric [-amax, amax], and nothing clipped that it would keep."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from converter.activation_floors import SILU_FLOOR, GraphView, floor_of, uint8_over
 from converter.plugins.ort import lower_for_ort_cpu
-from converter.plugins.ort._floors import SILU_FLOOR, floor_of, uint8_over
-from converter.plugins.ort._graph import GraphIndex
 from tests.test_ort_lowering_acts import _canonical, _run, _samples, cosine, plugins  # noqa: F401  (plugins: a fixture)
 
 
@@ -42,7 +41,7 @@ CASES = {
 @pytest.mark.parametrize("name", list(CASES))
 def test_floor_is_the_function_s_least_value(name: str) -> None:
     graph, expected = CASES[name]
-    floor = floor_of("y", graph, GraphIndex.of(graph))
+    floor = floor_of("y", GraphView.of(graph))
     if expected is None:
         assert floor is None
         return

@@ -38,10 +38,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from converter.activation_floors import GraphView, uint8_grid
 from converter.graph_edit import node_inputs, replace_repeated
 from converter.plugins.ort._chain import extend_chain
 from converter.plugins.ort._cpu import u8s8_is_exact
-from converter.plugins.ort._floors import floor_of, uint8_over
 from converter.plugins.ort._graph import GraphIndex, const_value, in_default_domain
 from converter.plugins.ort._hardswish import collapse_written_out
 from converter.plugins.ort._pads import fold_pads
@@ -74,22 +74,11 @@ class Lowering:
     hardswish_collapsed: int = 0
     """Written-out HardSwishes (Add, Clip, Mul, Div) rewritten as x * HardSigmoid(x) or HardSwish (``_hardswish``)."""
     floored: list[str] = field(default_factory=list)
-    """Pairs after an op with a known floor (HardSwish, SiLU...) as uint8 over [floor, amax] (``_floors``)."""
+    """Pairs after an op with a known floor (HardSwish, SiLU...) as uint8 over [floor, amax] (``converter.activation_floors``)."""
     folded_pads: list[str] = field(default_factory=list)
     """Pad nodes folded into the Convs after them."""
     ranges: int = 0
     """Calibrated ranges the model carried (0: none, the pairs after layers could not be added)."""
-
-
-def _non_negative(node: onnx.NodeProto | None, graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto]) -> bool:
-    if node is None or not in_default_domain(node):
-        return False
-    if node.op_type == "Relu":
-        return True
-    if node.op_type == "Clip" and len(node.input) > 1 and node.input[1]:
-        low = const_value(graph, inits, node.input[1])
-        return low is not None and low.size == 1 and float(low.reshape(())) >= 0.0
-    return False
 
 
 def resolve_weight_form(weights: WeightForm) -> Literal["s8", "s7", "u8"]:
@@ -107,12 +96,13 @@ def _opset(model: onnx.ModelProto) -> int:
 
 def _pairs_to_uint8(g: onnx.GraphProto, result: Lowering) -> set[str]:
     """Step 2: every symmetric int8 activation pair as uint8 (zero point 0 after Relu/Clip and other non-negative ops, over
-    [floor, amax] after an op with a known floor (``_floors``), else 128: the same grid); the Q outputs retyped.
+    [floor, amax] after an op with a known floor (``converter.activation_floors``), else 128: the same grid); the Q outputs retyped.
 
     A Q whose output is a graph output keeps its int8 type: the model's interface does not change.
     """
     index = GraphIndex.of(g)
-    inits, producer, readers = index.inits, index.producer, index.readers
+    inits, readers = index.inits, index.readers
+    view = GraphView.of(g)
     retyped: set[str] = set()
     for q in [n for n in g.node if n.op_type == "QuantizeLinear" and in_default_domain(n) and len(n.input) == 3]:
         if q.output[0] in index.outputs:
@@ -125,14 +115,12 @@ def _pairs_to_uint8(g: onnx.GraphProto, result: Lowering) -> set[str]:
             continue  # only plain pairs sharing the Q's parameters
         base = q.output[0]
         s_name, z_name = f"{base}_u8_scale", f"{base}_u8_zero_point"
-        amax = float(scale.reshape(())) * 127.0
-        floor = 0.0 if _non_negative(producer.get(q.input[0]), g, inits) else floor_of(q.input[0], g, index)
-        over = uint8_over(floor, amax) if floor is not None and floor < 0.0 else None
-        if floor is not None and floor >= 0.0:
-            new_scale, new_zero = amax / 255.0, 0
+        grid = uint8_grid(q.input[0], view, float(scale.reshape(())) * 127.0)
+        if grid is not None and grid[2] >= 0.0:  # after Relu/Clip: zero point 0, so ORT drops the activation
+            new_scale, new_zero = grid[0], grid[1]
             result.lowered.append(q.input[0])
-        elif over is not None:  # the function's own floor (HardSwish: -0.375) instead of -amax: finer steps, nothing more clipped
-            new_scale, new_zero = over
+        elif grid is not None:  # the function's own floor (HardSwish: -0.375) instead of -amax: finer steps, nothing more clipped
+            new_scale, new_zero = grid[0], grid[1]
             result.floored.append(q.input[0])
         else:
             new_scale, new_zero = float(scale.reshape(())), 128
