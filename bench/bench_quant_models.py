@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calib", type=int, help="calibration samples per model (default 32; --quick: 16)")
     ap.add_argument("--eval", type=int, help="evaluation samples per model (default 32; --quick: 8)")
     ap.add_argument("--rss-cap-gib", type=float, default=12.0, help="kill a quantization process whose RSS passes this (default 12)")
-    ap.add_argument("--quick", action="store_true", help="16 calibration / 8 evaluation samples, 10/5 latency rounds, 4 of the 10 int8 contenders (ours default and -b onnx, ORT u8 and s8 MinMax)")
+    ap.add_argument("--quick", action="store_true", help="16 calibration / 8 evaluation samples, 10/5 latency rounds, 5 of the 13 int8 contenders (ours default, with qdq_weights=s7 and -b onnx, ORT u8 and s8 MinMax)")
     args = ap.parse_args(argv)
     args.calib = args.calib or (16 if args.quick else 32)
     args.eval = args.eval or (8 if args.quick else 32)
