@@ -27,6 +27,7 @@ The steps, in order, each in its own module:
    is mostly of one sign, as after SiLU or HardSwish). Without ranges this step does nothing.
 4. ``_weights``: the weights read with uint8 activations, int8 where ORT's U8S8 kernels
    are exact, uint8/128 where they saturate (x86-64 without VNNI; ``_cpu``).
+5. ``_gemm``: a quantized Gemm whose output stays float becomes ORT's MatMulIntegerToFloat.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from converter.activation_floors import GraphView, uint8_grid
 from converter.graph_edit import node_inputs, replace_repeated
 from converter.plugins.ort._chain import extend_chain
 from converter.plugins.ort._cpu import u8s8_is_exact
+from converter.plugins.ort._gemm import MS_DOMAIN, gemms_to_integer_matmul
 from converter.plugins.ort._graph import GraphIndex, const_value, in_default_domain
 from converter.plugins.ort._hardswish import collapse_written_out
 from converter.plugins.ort._pads import fold_pads
@@ -71,6 +73,8 @@ class Lowering:
     """Tensors of reshapes, pooling, Split... whose pair now has their input's parameters (ORT runs the op on uint8)."""
     refit: list[str] = field(default_factory=list)
     """Existing pairs re-expressed over their calibrated range (asymmetric uint8)."""
+    gemms_as_matmul: list[str] = field(default_factory=list)
+    """Quantized Gemms with a float output rewritten as ORT's MatMulIntegerToFloat (``_gemm``)."""
     hardswish_collapsed: int = 0
     """Written-out HardSwishes (Add, Clip, Mul, Div) rewritten as x * HardSigmoid(x) or HardSwish (``_hardswish``)."""
     floored: list[str] = field(default_factory=list)
@@ -158,7 +162,10 @@ def lower_for_ort_cpu(model: onnx.ModelProto, weights: WeightForm = "auto", exte
         result.added, result.same_grid, result.refit = chain.added, chain.same_grid, chain.refit
     if form in ("u8", "s7"):
         result.u8_weights = store_weights(g, form, float_layers)
-    if retyped or result.u8_weights or result.folded_pads or result.hardswish_collapsed:  # the Q outputs are uint8 now: drop their stale int8 annotations and the unread parameters
+    result.gemms_as_matmul = gemms_to_integer_matmul(g)
+    if result.gemms_as_matmul and not any(o.domain == MS_DOMAIN for o in out.opset_import):
+        out.opset_import.add(domain=MS_DOMAIN, version=1)
+    if retyped or result.u8_weights or result.folded_pads or result.hardswish_collapsed or result.gemms_as_matmul:  # the Q outputs are uint8 now: drop their stale int8 annotations and the unread parameters
         read = {x for n in g.node for x in node_inputs(n)} | {i.name for i in g.input} | {o.name for o in g.output}  # subgraphs' reads too
         gone = {t.name for t in g.initializer if t.name not in read}
         produced = {o for n in g.node for o in n.output} | read
