@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 
 from converter.convert_job import ConvertRequest, convert
 from converter.plugins.ort._hardswish import collapse_written_out, join_hardswish, join_hardswish_in_file
-from tests.test_ort_lowering_acts import _samples, conv_hardswish, cosine, plugins  # noqa: F401  (plugins: a fixture)
+from tests.test_ort_lowering_acts import C, Net, _samples, cosine, plugins  # noqa: F401  (plugins: a fixture)
 
 
 def _swish_graph(alpha: float = 1 / 6, extra_reader: bool = False) -> onnx.GraphProto:
@@ -54,15 +54,22 @@ def _runtime_ops(path: Path, tmp: Path) -> tuple[Counter[str], list[str]]:
     return Counter(n.op_type for n in g.node), [n.input[0] for n in g.node if n.op_type == "DequantizeLinear"]
 
 
+def _conv_hardswish_out() -> onnx.ModelProto:
+    """Conv -> Relu -> Conv -> HardSwish -> graph output: the HardSwish reads a uint8 pair but writes a float output
+    (no gate pair, ``_gates``), so ORT inlines it when it saves the artifact."""
+    n = Net(9, [1, 8, 16, 16])
+    return n.model(n.op("HardSwish", [n.conv(n.op("Relu", [n.conv("x", 8, C)]), C, C)]))
+
+
 def test_quantized_hardswish_dequantizes_once(tmp_path: Path, plugins) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
-    model = conv_hardswish()
+    model = _conv_hardswish_out()
     onnx.save(model, str(tmp_path / "m.onnx"))
     np.savez(tmp_path / "calib.npz", x=_samples(model, 16, 0))
     out = convert(ConvertRequest(model=tmp_path / "m.onnx", pipeline="qdq", backend="ort", output=tmp_path / "m.ort.onnx",
                                  pass_inputs={"calib_data": str(tmp_path / "calib.npz")}), plugins)
-    assert out.artifact.manifest["hardswish_joined"] == 2
+    assert out.artifact.manifest["hardswish_joined"] == 1
     written = Counter(n.op_type for n in onnx.load(str(tmp_path / "m.ort.onnx")).graph.node)
-    assert written["HardSwish"] == 2 and written["HardSigmoid"] == 0, dict(written)
+    assert written["HardSwish"] == 1 and written["HardSigmoid"] == 0, dict(written)
     ops, dq_inputs = _runtime_ops(tmp_path / "m.ort.onnx", tmp_path)
     assert len(dq_inputs) == len(set(dq_inputs)), f"a tensor dequantized twice at run time: {dict(ops)}"
     assert ops["QLinearConv"] == 2, dict(ops)
@@ -111,3 +118,25 @@ def test_what_is_not_a_hardswish_stays() -> None:
     for model in (_written_out(13, "other"), _written_out(13, "paddle", extra_reader=True)):
         ops = [n.op_type for n in model.graph.node]
         assert collapse_written_out(model.graph, 13) == 0 and [n.op_type for n in model.graph.node] == ops
+
+
+def test_hardswish_between_pairs_runs_as_qlinearmul(tmp_path: Path, plugins) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """A HardSwish from a uint8 pair into a Q gets a uint8 gate: ORT fuses its Mul into QLinearMul (``_gates``)."""
+    from converter.plugins.ort import lower_for_ort_cpu
+    from tests.test_ort_lowering_acts import _canonical, _run
+
+    model, canonical = _canonical("conv_hardswish", tmp_path, plugins)
+    low = lower_for_ort_cpu(canonical)
+    assert low.gates_quantized == 2, low
+    ops, _ = _runtime_ops_of(low.model, tmp_path)
+    assert ops["QLinearMul"] == 2 and ops["Mul"] == 0 and ops["QLinearConv"] == 2, dict(ops)  # the last Conv writes the float output
+    x = _samples(model, 8, 1)
+    ref = _run(model, x)
+    assert cosine(_run(low.model, x), ref) >= 0.99
+    assert cosine(_run(low.model, x), _run(canonical, x, unfused=True)) >= 0.999  # the gate's 1/255 steps add next to nothing
+
+
+def _runtime_ops_of(model: onnx.ModelProto, tmp: Path) -> tuple[Counter[str], list[str]]:
+    path = tmp / "lowered.onnx"
+    onnx.save(model, str(path))
+    return _runtime_ops(path, tmp)

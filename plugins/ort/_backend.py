@@ -148,7 +148,7 @@ class OrtBackend(Backend[OrtOptions]):
             except RangesError as exc:
                 raise UsageError(f"ort: {exc}; rerun the qdq pass to record them again") from exc
             model, lowered, weight_form = lowering.model, [*lowering.lowered, *lowering.shifted], lowering.weights
-            facts = {"gemms_as_matmul": len(lowering.gemms_as_matmul), "hardswish_collapsed": lowering.hardswish_collapsed, "qdq_pairs_floored": len(lowering.floored), "qdq_pairs_added": len(lowering.added), "qdq_pairs_same_grid": len(lowering.same_grid), "qdq_pairs_refit": len(lowering.refit),
+            facts = {"hardswish_gates_quantized": lowering.gates_quantized, "gemms_as_matmul": len(lowering.gemms_as_matmul), "hardswish_collapsed": lowering.hardswish_collapsed, "qdq_pairs_floored": len(lowering.floored), "qdq_pairs_added": len(lowering.added), "qdq_pairs_same_grid": len(lowering.same_grid), "qdq_pairs_refit": len(lowering.refit),
                      "pads_folded_into_conv": len(lowering.folded_pads), "activation_ranges": lowering.ranges}
             ctx.log.info("ort: activation Q/DQ pairs as uint8 for ORT's fused kernels: %d after Relu/Clip (zero point 0), %d shifted (zero point 128)", len(lowering.lowered), len(lowering.shifted))
             if (self.options.qdq_extend or self.options.qdq_refit) and not lowering.ranges:
