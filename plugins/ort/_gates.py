@@ -34,7 +34,8 @@ def _into_q(name: str, index: GraphIndex) -> bool:
     return bool(readers) and name not in index.outputs and all(r.op_type == "QuantizeLinear" and in_default_domain(r) for r in readers)
 
 
-def _gate_pair(gate: str, g: onnx.GraphProto, used: set[str], params: tuple[str, str]) -> tuple[str, list[onnx.NodeProto]]:
+def _gate_pair(gate: str, used: set[str], params: tuple[str, str]) -> tuple[str, list[onnx.NodeProto]]:
+    """A uint8 Q/DQ pair on ``gate`` with ``params`` (scale, zero point): the dequantized name and the two nodes."""
     q, dq = unique_name(f"{gate}_u8_quantized", used), unique_name(f"{gate}_u8_dequantized", used)
     return dq, [helper.make_node("QuantizeLinear", [gate, *params], [q], name=unique_name(f"{gate}_u8_QuantizeLinear", used)),
                 helper.make_node("DequantizeLinear", [q, *params], [dq], name=unique_name(f"{gate}_u8_DequantizeLinear", used))]
@@ -69,7 +70,7 @@ def quantize_gates(g: onnx.GraphProto) -> int:
         if params is None:
             params = (unique_name("hardsigmoid_gate_u8_scale", used), unique_name("hardsigmoid_gate_u8_zero_point", used))
             g.initializer.extend([numpy_helper.from_array(np.array(GATE_SCALE), params[0]), numpy_helper.from_array(np.array(0, np.uint8), params[1])])
-        dq, pair = _gate_pair(gate, g, used, params)
+        dq, pair = _gate_pair(gate, used, params)
         mul = helper.make_node("Mul", [x, dq], [y], name=unique_name(f"{y}_mul", used))
         replaced[id(node)] = [*([sigmoid] if sigmoid is not None else []), *pair, mul]
     if replaced:
