@@ -79,7 +79,7 @@ def clip_bounds(node: onnx.NodeProto, view: GraphView) -> tuple[float, float] | 
     return _attr(node, "min", -math.inf), _attr(node, "max", math.inf)
 
 
-def _factor(node: onnx.NodeProto, x: str, view: GraphView) -> float | None:
+def positive_factor(node: onnx.NodeProto, x: str, view: GraphView) -> float | None:
     """The positive factor a constant Mul/Div applies to ``x``, or None."""
     if not _default(node) or node.op_type not in ("Mul", "Div") or len(node.input) != 2 or x not in node.input:
         return None
@@ -103,7 +103,7 @@ def _written_out_floor(x: str, gate: str, view: GraphView) -> float | None:
     k, node = 1.0, view.producer.get(gate)
     while node is not None and node.op_type in ("Mul", "Div"):
         source = node.input[0] if node.op_type == "Div" or view.scalar(node.input[1]) is not None else node.input[1]
-        factor = _factor(node, source, view)
+        factor = positive_factor(node, source, view)
         if factor is None:
             return None
         k, node = k * factor, view.producer.get(source)
@@ -154,7 +154,7 @@ def floor_of(tensor: str, view: GraphView, depth: int = 4) -> float | None:
             return found
     if node.op_type in ("Mul", "Div") and len(node.input) == 2:
         for x in node.input[: 1 if node.op_type == "Div" else 2]:
-            factor = _factor(node, x, view)
+            factor = positive_factor(node, x, view)
             below = floor_of(x, view, depth - 1) if factor is not None else None
             if below is not None and factor is not None:
                 return below * factor

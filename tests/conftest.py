@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import subprocess
 import sys
@@ -113,3 +114,14 @@ def tiny_model() -> onnx.ModelProto:
 @pytest.fixture
 def tiny_path(tmp_path: Path, tiny_model: onnx.ModelProto) -> Path:
     return save(tiny_model, tmp_path / "tiny.onnx")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():  # type: ignore[no-untyped-def]
+    """A local Ray cluster for one test module (2 CPUs), stopped after it; skips where Ray is not installed."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

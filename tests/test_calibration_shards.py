@@ -28,16 +28,6 @@ LOG = logging.getLogger("test.calibration.shards")
 CALIBRATORS = [Calibrator("minmax"), Calibrator("percentile", 99.0), Calibrator("percentile", 99.99), Calibrator("entropy"), Calibrator("mse")]
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-
-
 def same(a: TensorStats, b: TensorStats) -> bool:
     return (a.limit, a.count, a.min, a.max, a.infinite, a.at_limit) == (b.limit, b.count, b.min, b.max, b.infinite, b.at_limit) and np.array_equal(a.hist, b.hist)
 

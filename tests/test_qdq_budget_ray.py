@@ -27,16 +27,6 @@ from tests.test_qdq_budget import mlp, setup
 LOG = logging.getLogger("test.qdq_budget_ray")
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-
-
 def same(a: BudgetResult, b: BudgetResult) -> dict:
     """Everything but the time and where it ran, compared exactly (floats bit for bit, dict orders included)."""
     def key(r: BudgetResult) -> dict:

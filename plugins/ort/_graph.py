@@ -9,6 +9,7 @@ import onnx
 from onnx import numpy_helper
 
 from converter import lazy_weights
+from converter.activation_floors import GraphView
 from converter.graph_edit import node_inputs, unique_name
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -66,6 +67,10 @@ class GraphIndex:
             if value is not None:
                 constants[n.output[0]] = value
         return cls({t.name: t for t in g.initializer}, {o: n for n in g.node for o in n.output if o}, readers, {o.name for o in g.output}, constants)
+
+    def view(self) -> GraphView:
+        """The same producers and constants as :mod:`converter.activation_floors` reads them (no second walk of the graph)."""
+        return GraphView(self.producer, {**self.inits, **self.constants})
 
     def value(self, name: str) -> np.ndarray | None:
         """The value of an initializer or ``Constant`` output (as indexed), or None."""

@@ -24,9 +24,9 @@ from pathlib import Path
 import onnx
 from onnx import helper
 
+from converter.activation_floors import GraphView, clip_bounds, positive_factor
 from converter.graph_edit import replace_repeated, unique_name
 from converter.plugins.ort._graph import GraphIndex, in_default_domain
-from converter.plugins.ort._windows import _clip_bounds, _positive_scaling, _scalar
 
 ALPHA, BETA = 1.0 / 6.0, 0.5
 
@@ -83,24 +83,17 @@ def join_hardswish_in_file(path: Path) -> int:
     return count
 
 
-def _factor(node: onnx.NodeProto, x: str, g: onnx.GraphProto, index: GraphIndex) -> float | None:
-    if not in_default_domain(node) or not _positive_scaling(node, x, g, index):
-        return None
-    value = _scalar(g, index, node.input[1] if node.input[0] == x else node.input[0])
-    return None if value is None else (value if node.op_type == "Mul" else 1.0 / value)
-
-
 def _only_reader(name: str, index: GraphIndex) -> onnx.NodeProto | None:
     readers = index.readers.get(name, [])
     return readers[0] if len(readers) == 1 and name not in index.outputs else None
 
 
-def _match(add: onnx.NodeProto, g: onnx.GraphProto, index: GraphIndex) -> tuple[str, float, float, list[onnx.NodeProto]] | None:
+def _match(add: onnx.NodeProto, index: GraphIndex, view: GraphView) -> tuple[str, float, float, list[onnx.NodeProto]] | None:
     """(x, c, k, the nodes from the Add to the last scaling) of ``x * Clip(x + c, 0, 1/k) * k`` starting at ``add``."""
     if add.op_type != "Add" or not in_default_domain(add) or len(add.input) != 2:
         return None
     for x, c_name in ((add.input[0], add.input[1]), (add.input[1], add.input[0])):
-        c = _scalar(g, index, c_name)
+        c = view.scalar(c_name)
         if c is not None and index.value(x) is None:
             break
     else:
@@ -108,13 +101,13 @@ def _match(add: onnx.NodeProto, g: onnx.GraphProto, index: GraphIndex) -> tuple[
     clip = _only_reader(add.output[0], index)
     if clip is None or clip.op_type != "Clip" or not in_default_domain(clip) or clip.input[0] != add.output[0]:
         return None
-    bounds = _clip_bounds(clip, g, index)
+    bounds = clip_bounds(clip, view)
     if bounds is None or bounds[0] != 0.0 or not 0.0 < bounds[1] < float("inf") or c <= 0.0:
         return None
     nodes, k, value = [add, clip], 1.0, clip.output[0]
     node = _only_reader(value, index)
     while node is not None and not (node.op_type == "Mul" and sorted(node.input) == sorted([x, value])):  # scalings before the Mul
-        factor = _factor(node, value, g, index)
+        factor = positive_factor(node, value, view)
         if factor is None:
             return None
         nodes.append(node)
@@ -125,7 +118,7 @@ def _match(add: onnx.NodeProto, g: onnx.GraphProto, index: GraphIndex) -> tuple[
     value = node.output[0]
     while abs(k * bounds[1] - 1.0) > 1e-6:  # scalings after the Mul
         after = _only_reader(value, index)
-        factor = _factor(after, value, g, index) if after is not None else None
+        factor = positive_factor(after, value, view) if after is not None else None
         if factor is None:
             return None
         nodes.append(after)
@@ -136,13 +129,14 @@ def _match(add: onnx.NodeProto, g: onnx.GraphProto, index: GraphIndex) -> tuple[
 def collapse_written_out(g: onnx.GraphProto, opset: int) -> int:
     """Rewrite each written-out HardSwish of the main graph as ``x * HardSigmoid(x)`` (or ``HardSwish(x)``); how many."""
     index = GraphIndex.of(g)
+    view = index.view()
     taken = {n.name for n in g.node} | {o for n in g.node for o in n.output} | set(index.inits)
     replaced: dict[int, list[onnx.NodeProto]] = {}
     dropped: set[int] = set()
     for add in g.node:
         if id(add) in dropped:
             continue
-        found = _match(add, g, index)
+        found = _match(add, index, view)
         if found is None or any(id(n) in dropped for n in found[3]):
             continue
         x, c, k, nodes = found

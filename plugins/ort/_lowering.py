@@ -41,7 +41,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from converter.activation_floors import GraphView, uint8_grid
+from converter.activation_floors import uint8_grid
 from converter.graph_edit import node_inputs, replace_repeated
 from converter.plugins.ort._chain import extend_chain
 from converter.plugins.ort._cpu import u8s8_is_exact
@@ -111,7 +111,7 @@ def _pairs_to_uint8(g: onnx.GraphProto, result: Lowering) -> set[str]:
     """
     index = GraphIndex.of(g)
     inits, readers = index.inits, index.readers
-    view = GraphView.of(g)
+    view = index.view()
     retyped: set[str] = set()
     for q in [n for n in g.node if n.op_type == "QuantizeLinear" and in_default_domain(n) and len(n.input) == 3]:
         if q.output[0] in index.outputs:
