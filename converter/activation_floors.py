@@ -19,7 +19,9 @@ Floors (x any real):
 - SiLU, ``x * Sigmoid(x) >= -0.27846454`` (at x = -1.27846);
 - HardSwish written out, ``x * Clip(x + c, 0, h) * k`` (k > 0 the product of the positive constant factors
   between the Clip and the closing Mul, c > 0, h >= c / 2): ``-k c^2 / 4``;
-- a positive constant scaling (Mul/Div) of a tensor with a floor: the floor scaled.
+- a positive constant scaling (Mul/Div) of a tensor with a floor: the floor scaled;
+- a constant shift (Add/Sub of a scalar) of a tensor with a floor: the floor shifted (PP-LCNetV3's learnable affine
+  blocks, ``A HardSwish(x) + B``).
 """
 
 from __future__ import annotations
@@ -152,6 +154,13 @@ def floor_of(tensor: str, view: GraphView, depth: int = 4) -> float | None:
         found = _product_floor(node, view)
         if found is not None:
             return found
+    if node.op_type in ("Add", "Sub") and len(node.input) == 2:  # a constant shift: the floor shifted
+        for x, c in ((node.input[0], node.input[1]), *([(node.input[1], node.input[0])] if node.op_type == "Add" else [])):
+            shift, below = view.scalar(c), None
+            if shift is not None and math.isfinite(shift):
+                below = floor_of(x, view, depth - 1)
+            if below is not None and shift is not None:
+                return below + shift if node.op_type == "Add" else below - shift
     if node.op_type in ("Mul", "Div") and len(node.input) == 2:
         for x in node.input[: 1 if node.op_type == "Div" else 2]:
             factor = positive_factor(node, x, view)

@@ -33,6 +33,10 @@ CASES = {
                                         helper.make_node("Div", ["c", "six"], ["d"]), helper.make_node("Mul", ["d", "x"], ["y"])],
                                        {"three": 3.0, "zero": 0.0, "six": 6.0}), -0.375),
     "sigmoid_scaled": (_graph([helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["s", "two"], ["y"])], {"two": 2.0}), 0.0),
+    "learnable_affine": (_graph([helper.make_node("HardSwish", ["x"], ["h"]), helper.make_node("Mul", ["h", "a"], ["m"]),
+                                 helper.make_node("Add", ["b", "m"], ["y"])], {"a": 0.5, "b": -0.25}), -0.375 * 0.5 - 0.25),
+    "shifted_down": (_graph([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Sub", ["r", "c"], ["y"])], {"c": 1.5}), -1.5),
+    "subtracted_from": (_graph([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Sub", ["c", "r"], ["y"])], {"c": 1.5}), None),
     "unknown": (_graph([helper.make_node("Tanh", ["x"], ["y"])], {}), None),
     "negative_scaling": (_graph([helper.make_node("HardSwish", ["x"], ["h"]), helper.make_node("Mul", ["h", "m"], ["y"])], {"m": -1.0}), None),
 }
