@@ -68,3 +68,42 @@ def test_float_output_gemm_becomes_integer_matmul(trans_b: bool, weights: str, t
 def test_a_gemm_with_a_quantized_output_is_left_to_qgemm() -> None:
     low = lower_for_ort_cpu(_head(True, quantized_output=True))
     assert low.gemms_as_matmul == [] and any(n.op_type == "Gemm" for n in low.model.graph.node)
+
+
+def _linear(bias_shape: tuple[int, ...] = (N,), extra_reader: bool = False) -> onnx.ModelProto:
+    """x [B, S, K] -> Q/DQ -> MatMul(DQ(w int8 [K, N], per output column)) -> Add(bias) -> y: a transformer's Linear as qdq writes it."""
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array(np.array(3 / 127, np.float32), "sa"), numpy_helper.from_array(np.array(0, np.int8), "z"),
+             numpy_helper.from_array(rng.integers(-127, 128, (K, N)).astype(np.int8), "wq"),
+             numpy_helper.from_array(rng.uniform(1e-3, 3e-3, N).astype(np.float32), "ws"), numpy_helper.from_array(np.zeros(N, np.int8), "wz"),
+             numpy_helper.from_array(rng.standard_normal(bias_shape).astype(np.float32), "b")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "sa", "z"], ["xq"]), helper.make_node("DequantizeLinear", ["xq", "sa", "z"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=1), helper.make_node("MatMul", ["xd", "w"], ["m"]),
+             helper.make_node("Add", ["m", "b"], ["y"])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", N])]
+    if extra_reader:
+        nodes.append(helper.make_node("Neg", ["m"], ["n"]))
+        outputs.append(helper.make_tensor_value_info("n", TensorProto.FLOAT, ["B", "S", N]))
+    graph = helper.make_graph(nodes, "linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", K])], outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_matmul_and_its_bias_become_one_integer_matmul(tmp_path: Path) -> None:
+    model = _linear()
+    low = lower_for_ort_cpu(model)
+    assert low.matmuls_with_bias == ["y"]
+    onnx.checker.check_model(low.model)
+    ops = Counter(n.op_type for n in low.model.graph.node)
+    assert ops["MatMulIntegerToFloat"] == 1 and ops["Add"] == 0 and ops["MatMul"] == 0, dict(ops)
+    x = np.random.default_rng(2).uniform(-3, 3, (2, 5, K)).astype(np.float32)
+    expected = _run(model, x, unfused=True)
+    np.testing.assert_allclose(_run(low.model, x, saved=tmp_path / "rt.onnx"), expected, rtol=1e-4, atol=1e-4 * float(np.abs(expected).max()))
+    runtime = Counter(n.op_type for n in onnx.load(str(tmp_path / "rt.onnx")).graph.node)
+    assert runtime["MatMulIntegerToFloat"] == 1 and runtime["Add"] == 0, dict(runtime)
+
+
+@pytest.mark.parametrize("case", ["bias_per_row", "matmul_read_twice"])
+def test_a_matmul_whose_add_is_not_a_bias_keeps_it(case: str) -> None:
+    model = _linear(bias_shape=(5, N)) if case == "bias_per_row" else _linear(extra_reader=True)
+    low = lower_for_ort_cpu(model)
+    assert low.matmuls_with_bias == [] and any(n.op_type == "Add" for n in low.model.graph.node)

@@ -86,3 +86,43 @@ def gemms_to_integer_matmul(g: onnx.GraphProto) -> list[str]:
     if done:
         replace_repeated(g.node, [m for n in g.node for m in replaced.get(id(n), [n])])
     return done
+
+
+def matmuls_with_bias(g: onnx.GraphProto) -> list[str]:
+    """Rewrite (in place) each main-graph ``MatMul(DQ(a), DQ(W)) -> Add(bias)`` (a transformer's Linear: per-tensor
+    activation, constant [K, N] weight, constant [N] bias, the MatMul read by the Add alone) as one
+    MatMulIntegerToFloat with the bias: ORT fuses the MatMul alone and runs the Add as a pass of its own (MiniLM: 18 of
+    them at each run). The Add outputs rewritten (the caller imports the com.microsoft domain)."""
+    index = GraphIndex.of(g)
+    used = used_names(g)
+    done: list[str] = []
+    replaced: dict[int, list[onnx.NodeProto]] = {}
+    for node in g.node:
+        if node.op_type != "MatMul" or not in_default_domain(node) or len(node.input) != 2 or not node.output:
+            continue
+        a_dq, b_dq = _dq(node.input[0], index), _dq(node.input[1], index)
+        readers = index.readers.get(node.output[0], [])
+        if (a_dq is None or b_dq is None or not _scalar_param(a_dq, index) or b_dq.input[0] not in index.inits
+                or len(readers) != 1 or node.output[0] in index.outputs):
+            continue
+        add = readers[0]
+        if add.op_type != "Add" or not in_default_domain(add) or len(add.input) != 2 or list(add.input).count(node.output[0]) != 1:
+            continue
+        bias = add.input[1] if add.input[0] == node.output[0] else add.input[0]
+        value, w = index.value(bias), index.inits[b_dq.input[0]]
+        if value is None or value.ndim != 1 or len(w.dims) != 2 or value.size != w.dims[1] or value.dtype != np.float32:
+            continue  # one float value per output column, as MatMulIntegerToFloat adds it
+        weight = _weight(b_dq, False, g, index, used)
+        if weight is None:
+            continue
+        inputs = [a_dq.input[0], weight, a_dq.input[1], b_dq.input[1], a_dq.input[2], b_dq.input[2], bias]
+        replaced[id(node)] = [helper.make_node("MatMulIntegerToFloat", inputs, [add.output[0]], name=unique_name(f"{node.name or add.output[0]}_integer", used),
+                                               domain=MS_DOMAIN)]
+        replaced[id(add)] = []
+        for dq in (a_dq, b_dq):
+            if all(r is node for r in index.readers.get(dq.output[0], [])) and dq.output[0] not in index.outputs:
+                replaced[id(dq)] = []
+        done.append(add.output[0])
+    if done:
+        replace_repeated(g.node, [m for n in g.node for m in replaced.get(id(n), [n])])
+    return done

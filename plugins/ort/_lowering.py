@@ -29,7 +29,8 @@ The steps, in order, each in its own module:
    ``_gates``: a HardSwish between uint8 pairs gets a uint8 pair on its gate, so its Mul runs as QLinearMul.
 4. ``_weights``: the weights read with uint8 activations, int8 where ORT's U8S8 kernels
    are exact, uint8/128 where they saturate (x86-64 without VNNI; ``_cpu``).
-5. ``_gemm``: a quantized Gemm whose output stays float becomes ORT's MatMulIntegerToFloat.
+5. ``_gemm``: a quantized Gemm whose output stays float becomes ORT's MatMulIntegerToFloat, and so does a quantized
+   MatMul with the bias Add after it (the bias goes into the op).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from converter.graph_edit import node_inputs, replace_repeated
 from converter.plugins.ort._chain import extend_chain
 from converter.plugins.ort._cpu import u8s8_is_exact
 from converter.plugins.ort._gates import quantize_gates
-from converter.plugins.ort._gemm import MS_DOMAIN, gemms_to_integer_matmul
+from converter.plugins.ort._gemm import MS_DOMAIN, gemms_to_integer_matmul, matmuls_with_bias
 from converter.plugins.ort._graph import GraphIndex, const_value, in_default_domain
 from converter.plugins.ort._hardswish import collapse_written_out
 from converter.plugins.ort._pads import fold_pads
@@ -78,6 +79,8 @@ class Lowering:
     """Existing pairs re-expressed over their calibrated range (asymmetric uint8)."""
     gemms_as_matmul: list[str] = field(default_factory=list)
     """Quantized Gemms with a float output rewritten as ORT's MatMulIntegerToFloat (``_gemm``)."""
+    matmuls_with_bias: list[str] = field(default_factory=list)
+    """Quantized MatMuls and the bias Add after them, as one MatMulIntegerToFloat with its bias (``_gemm``)."""
     gates_quantized: int = 0
     """HardSwish gates given a uint8 pair so ORT runs the Mul as QLinearMul (``_gates``)."""
     hardswish_collapsed: int = 0
@@ -169,9 +172,10 @@ def lower_for_ort_cpu(model: onnx.ModelProto, weights: WeightForm = "auto", exte
     if form in ("u8", "s7"):
         result.u8_weights = store_weights(g, form, float_layers)
     result.gemms_as_matmul = gemms_to_integer_matmul(g)
-    if result.gemms_as_matmul and not any(o.domain == MS_DOMAIN for o in out.opset_import):
+    result.matmuls_with_bias = matmuls_with_bias(g)
+    if (result.gemms_as_matmul or result.matmuls_with_bias) and not any(o.domain == MS_DOMAIN for o in out.opset_import):
         out.opset_import.add(domain=MS_DOMAIN, version=1)
-    if retyped or result.u8_weights or result.folded_pads or result.hardswish_collapsed or result.gemms_as_matmul or result.gates_quantized:  # the Q outputs are uint8 now: drop their stale int8 annotations and the unread parameters
+    if retyped or result.u8_weights or result.folded_pads or result.hardswish_collapsed or result.gemms_as_matmul or result.matmuls_with_bias or result.gates_quantized:  # the Q outputs are uint8 now: drop their stale int8 annotations and the unread parameters
         read = {x for n in g.node for x in node_inputs(n)} | {i.name for i in g.input} | {o.name for o in g.output}  # subgraphs' reads too
         gone = {t.name for t in g.initializer if t.name not in read}
         produced = {o for n in g.node for o in n.output} | read
