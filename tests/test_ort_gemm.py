@@ -88,9 +88,10 @@ def _linear(bias_shape: tuple[int, ...] = (N,), extra_reader: bool = False) -> o
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def test_matmul_and_its_bias_become_one_integer_matmul(tmp_path: Path) -> None:
+@pytest.mark.parametrize("weights", ["s8", "u8"])
+def test_matmul_and_its_bias_become_one_integer_matmul(weights: str, tmp_path: Path) -> None:
     model = _linear()
-    low = lower_for_ort_cpu(model)
+    low = lower_for_ort_cpu(model, weights=weights)  # type: ignore[arg-type]
     assert low.matmuls_with_bias == ["y"]
     onnx.checker.check_model(low.model)
     ops = Counter(n.op_type for n in low.model.graph.node)
