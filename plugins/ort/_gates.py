@@ -232,7 +232,8 @@ def quantize_gates(g: onnx.GraphProto) -> int:
         else:
             continue
         gate = unique_name(f"{y}_gate", used)
-        product = _affine_nodes(x, gate, y, tail, -beta * beta / (4.0 * alpha), index, used, params)
+        floor = -beta * beta / (4.0 * alpha) if 0.0 < beta < 1.0 else -np.inf  # x * HardSigmoid(x) at its vertex, inside the ramp
+        product = _affine_nodes(x, gate, y, tail, floor, index, used, params)
         if product is None:
             continue
         replaced[id(node)] = [*_gate_nodes(x, alpha, beta, gate, used, params), *product]

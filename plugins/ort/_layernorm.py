@@ -21,15 +21,16 @@ def sums_before_layernorm(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]
     anything changed (``model`` itself is not changed), and how many."""
     g = model.graph
     index = GraphIndex.of(g)
+    position = {id(n): j for j, n in enumerate(g.node)}
     found = []
-    for i, node in enumerate(g.node):
+    for node in g.node:
         if node.op_type != "LayerNormalization" or not in_default_domain(node) or not node.input:
             continue
         add = index.producer.get(node.input[0])
         if (add is None or add.op_type != "Add" or not in_default_domain(add) or len(add.input) != 2 or add.output[0] in index.outputs
                 or index.readers.get(add.output[0], []) != [node]):
             continue
-        found.append(next(j for j, n in enumerate(g.node) if n is add))
+        found.append(position[id(add)])
     if not found:
         return model, 0
     out = onnx.ModelProto()
