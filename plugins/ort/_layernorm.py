@@ -16,21 +16,26 @@ import onnx
 from converter.plugins.ort._graph import GraphIndex, in_default_domain
 
 
+def _normalized(x: str, index: GraphIndex) -> bool:
+    """Whether all that reads ``x`` is one layer norm: a LayerNormalization, or the one written out (opset < 17 exports,
+    Paddle) as ``ReduceMean(x)`` and ``Sub(x, mean)``, which ORT's LayerNormFusion makes one before SkipLayerNormFusion."""
+    readers = index.readers.get(x, [])
+    if x in index.outputs or not readers or not all(in_default_domain(r) for r in readers):
+        return False
+    if len(readers) == 1:
+        return readers[0].op_type == "LayerNormalization" and readers[0].input[0] == x
+    mean = [r for r in readers if r.op_type == "ReduceMean"]
+    sub = [r for r in readers if r.op_type == "Sub"]
+    return len(readers) == 2 and len(mean) == 1 and len(sub) == 1 and list(sub[0].input) == [x, mean[0].output[0]]
+
+
 def sums_before_layernorm(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    """``model`` with each main-graph Add read only by a LayerNormalization (as its input) written as Sum: a copy when
+    """``model`` with each main-graph Add read only by a layer norm (:func:`_normalized`) written as Sum: a copy when
     anything changed (``model`` itself is not changed), and how many."""
     g = model.graph
     index = GraphIndex.of(g)
-    position = {id(n): j for j, n in enumerate(g.node)}
-    found = []
-    for node in g.node:
-        if node.op_type != "LayerNormalization" or not in_default_domain(node) or not node.input:
-            continue
-        add = index.producer.get(node.input[0])
-        if (add is None or add.op_type != "Add" or not in_default_domain(add) or len(add.input) != 2 or add.output[0] in index.outputs
-                or index.readers.get(add.output[0], []) != [node]):
-            continue
-        found.append(position[id(add)])
+    found = [j for j, node in enumerate(g.node)
+             if node.op_type == "Add" and in_default_domain(node) and len(node.input) == 2 and node.output and _normalized(node.output[0], index)]
     if not found:
         return model, 0
     out = onnx.ModelProto()
