@@ -14,6 +14,8 @@ process started by bench_quant.py's launcher (wall time and peak RSS of that pro
 - ``ours C``: ``convert MODEL -p 'fold_constants,qdq{calibrator=C}' --calib-data cal.npz -b ort`` for C in
   percentile (the default: ``-p fold_constants,qdq``, with bias correction), minmax, entropy;
 - ``ours percentile -b onnx``: the canonical symmetric graph (what TensorRT gets); accuracy only, not timed;
+- ``ours -b onnx as arrived (no ranges) -b ort``: that graph without the ranges ``qdq`` records, as a QAT model or
+  another tool's PTQ arrives, through ``convert IN -p '' -b ort`` (the lowering derives ranges from its pairs);
 - ``ort-u8 M`` / ``ort-s8 M``: ``quantize_static(pre.onnx, QDQ, per_channel=True, calibrate_method=M)`` with
   u8 activations / s8 weights (ORT's default fast config), or s8/s8 symmetric; M in MinMax, Entropy, Percentile.
 
@@ -47,8 +49,21 @@ from bench_quant import run_measured
 
 CALIBRATORS = ("percentile", "minmax", "entropy")  # ours; percentile (with bias correction) is the qdq pass's default
 ORT_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
-QUICK = {"ours percentile (default)", "ours percentile, ort{qdq_weights=s7}", "ours percentile -b onnx", "ort-u8 minmax", "ort-s8 minmax"}
+QUICK = {"ours percentile (default)", "ours percentile, ort{qdq_weights=s7}", "ours percentile -b onnx", "ours -b onnx as arrived (no ranges) -b ort", "ort-u8 minmax", "ort-s8 minmax"}
 """--quick builds only these (one process each costs seconds of start-up on a 2-core machine)."""
+
+# A model quantized elsewhere (QAT, another tool's PTQ) carries its Q/DQ pairs but not the ranges qdq records: the
+# canonical graph with its ranges metadata dropped, then `convert IN -p '' -b ort` (the lowering derives what it can).
+_ARRIVED = r"""
+import subprocess, sys, onnx
+src, mid, out = sys.argv[1], sys.argv[2], sys.argv[3]
+m = onnx.load(src)
+keep = [p for p in m.metadata_props if p.key != "converter.qdq.activation_ranges"]
+del m.metadata_props[:]
+m.metadata_props.extend(keep)
+onnx.save(m, mid)
+sys.exit(subprocess.run([sys.executable, "-m", "converter.cli", mid, "-p", "", "-b", "ort", "-o", out]).returncode)
+"""
 
 # ORT's pre-processing, as a user would get it to work: per-channel QDQ needs opset >= 13 (ORT 1.32's quantizer
 # writes DequantizeLinear with an axis into an opset-12 model, which ORT then refuses to load), so an older model is
@@ -137,6 +152,9 @@ def build_contenders(spec: ModelSpec, src: Path, fp32: Path, pre: Path, cal: Pat
     out = mw / "ours_default_onnx.onnx"
     plan.append((Contender("ours percentile -b onnx", out, "ours-onnx", "percentile", timed=False),
                  [*cli, str(src), "-p", "fold_constants,qdq", "--calib-data", str(cal), "-b", "onnx", "-o", str(out)]))
+    arrived = mw / "ours_arrived.onnx"  # the canonical graph as a QAT model or another tool's PTQ arrives: no recorded ranges
+    plan.append((Contender("ours -b onnx as arrived (no ranges) -b ort", arrived, "ours", "percentile"),
+                 [sys.executable, "-c", _ARRIVED, str(out), str(mw / "ours_arrived_in.onnx"), str(arrived)]))
     for config in ("u8", "s8"):
         for c, method in ORT_METHODS.items():
             out = mw / f"ort_{config}_{c}.onnx"
@@ -221,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calib", type=int, help="calibration samples per model (default 32; --quick: 16)")
     ap.add_argument("--eval", type=int, help="evaluation samples per model (default 32; --quick: 8)")
     ap.add_argument("--rss-cap-gib", type=float, default=12.0, help="kill a quantization process whose RSS passes this (default 12)")
-    ap.add_argument("--quick", action="store_true", help="16 calibration / 8 evaluation samples, 10/5 latency rounds, 5 of the 13 int8 contenders (ours default, with qdq_weights=s7 and -b onnx, ORT u8 and s8 MinMax)")
+    ap.add_argument("--quick", action="store_true", help="16 calibration / 8 evaluation samples, 10/5 latency rounds, 6 of the 14 int8 contenders (ours default, with qdq_weights=s7, -b onnx and as arrived, ORT u8 and s8 MinMax)")
     args = ap.parse_args(argv)
     args.calib = args.calib or (16 if args.quick else 32)
     args.eval = args.eval or (8 if args.quick else 32)

@@ -150,10 +150,11 @@ class OrtBackend(Backend[OrtOptions]):
                 raise UsageError(f"ort: {exc}; rerun the qdq pass to record them again") from exc
             model, lowered, weight_form = lowering.model, [*lowering.lowered, *lowering.shifted], lowering.weights
             facts = {"hardswish_gates_quantized": lowering.gates_quantized, "gemms_as_matmul": len(lowering.gemms_as_matmul), "matmuls_with_bias": len(lowering.matmuls_with_bias), "hardswish_collapsed": lowering.hardswish_collapsed, "qdq_pairs_floored": len(lowering.floored), "qdq_pairs_added": len(lowering.added), "qdq_pairs_same_grid": len(lowering.same_grid), "qdq_pairs_refit": len(lowering.refit),
-                     "pads_folded_into_conv": len(lowering.folded_pads), "activation_ranges": lowering.ranges}
+                     "pads_folded_into_conv": len(lowering.folded_pads), "activation_ranges": lowering.ranges, "activation_ranges_derived": lowering.ranges_derived}
             ctx.log.info("ort: activation Q/DQ pairs as uint8 for ORT's fused kernels: %d after Relu/Clip (zero point 0), %d shifted (zero point 128)", len(lowering.lowered), len(lowering.shifted))
             if (self.options.qdq_extend or self.options.qdq_refit) and not lowering.ranges:
-                ctx.log.info("ort: the model carries no activation ranges (qdq{record_ranges=true} writes them): Convs followed by SiLU, HardSwish, PReLU... stay unfused")
+                ctx.log.info("ort: the model carries no activation ranges (qdq{record_ranges=true} writes them): %d derived from the pairs after SiLU/HardSwish; Convs before other activations (PReLU, LeakyRelu...) stay unfused",
+                             lowering.ranges_derived)
             ctx.log.info("ort: %d pairs added after layers from the recorded ranges, %d given their input's grid, %d refit to their range, %d Pads folded into Convs",
                          len(lowering.added), len(lowering.same_grid), len(lowering.refit), len(lowering.folded_pads))
         if tuple(self.options.providers) == ("CPUExecutionProvider",):  # ORT's fused SkipLayerNormalization is the slow one on CPU

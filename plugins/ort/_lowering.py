@@ -20,7 +20,9 @@ The steps, in order, each in its own module:
    (q_u8 = q_s8 + 128, both saturating at the same values), in the u8 activation / s8
    weight form ORT's CPU kernels are fastest with. A pair after an op with a known floor
    (HardSwish, SiLU: ``converter.activation_floors``) spans [floor, amax] instead.
-3. ``_chain``: with the activation ranges ``qdq`` records in the model (``_ranges``), new
+3. ``_chain``: with the activation ranges ``qdq`` records in the model (``_ranges``; for a model quantized
+   elsewhere, which carries none, those of Conv outputs before SiLU/HardSwish derived from the pairs after them:
+   ``_derived``), new
    uint8 pairs after the quantized layers and through the ops ORT runs on uint8 (SiLU's
    Sigmoid and Mul, Add, Concat, pooling, reshapes), so every quantized Conv fuses even
    when a SiLU, HardSwish or PReLU follows it; with ``refit`` the pairs of step 2 are
@@ -46,6 +48,7 @@ from converter.activation_floors import uint8_grid
 from converter.graph_edit import node_inputs, replace_repeated
 from converter.plugins.ort._chain import extend_chain
 from converter.plugins.ort._cpu import u8s8_is_exact
+from converter.plugins.ort._derived import derived_ranges
 from converter.plugins.ort._gates import quantize_gates
 from converter.plugins.ort._gemm import MS_DOMAIN, gemms_to_integer_matmul, matmuls_with_bias
 from converter.plugins.ort._graph import GraphIndex, const_value, in_default_domain
@@ -90,7 +93,9 @@ class Lowering:
     folded_pads: list[str] = field(default_factory=list)
     """Pad nodes folded into the Convs after them."""
     ranges: int = 0
-    """Calibrated ranges the model carried (0: none, the pairs after layers could not be added)."""
+    """Calibrated ranges the model carried (0: none; then ``ranges_derived`` says what its pairs gave)."""
+    ranges_derived: int = 0
+    """Ranges derived from the pairs after SiLU/HardSwish for a model that carried none (``_derived``)."""
 
 
 def resolve_weight_form(weights: WeightForm) -> Literal["s8", "s7", "u8"]:
@@ -163,6 +168,9 @@ def lower_for_ort_cpu(model: onnx.ModelProto, weights: WeightForm = "auto", exte
     result = Lowering(out, weights=form, ranges=len(ranges))
     result.hardswish_collapsed = collapse_written_out(g, _opset(out))
     result.folded_pads = fold_pads(g)
+    if extend and not ranges:  # a Q/DQ model from elsewhere (QAT, another tool's PTQ): what its pairs bound
+        ranges = derived_ranges(out)
+        result.ranges_derived = len(ranges)
     retyped = _pairs_to_uint8(g, result)
     float_layers = float_input_layers(g)  # before the chain gives their inputs pairs: the layers qdq left float
     if ranges:
