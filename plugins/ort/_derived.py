@@ -97,12 +97,21 @@ def _floor(t: str, view: GraphView, depth: int = 6) -> float | None:
     return floor_of(t, view)
 
 
-def _grid_after(y: str, index: GraphIndex, view: GraphView, depth: int = 8) -> tuple[float, float] | None:
+def _grid_after(y: str, index: GraphIndex, view: GraphView, depth: int = 8, memo: dict[str, tuple[float, float] | None] | None = None) -> tuple[float, float] | None:
     """(top, step): the largest value of ``y`` that still tells apart anything downstream, and the finest step it meets;
     None where some reader is not bounded. Readers: QuantizeLinear (its grid's top and step); the ops of ``PASSING`` (their
     outputs' bounds); a Mul/Add by a positive/any scalar constant (``A y + B``: the bound moved back); an Add of a tensor
     with a known floor ``f`` (values of ``y`` above ``top - f`` are clipped by the pair after the Add whatever the other
     input is)."""
+    if memo is not None and y in memo:
+        return memo[y]
+    found = _bounds(y, index, view, depth, {} if memo is None else memo)
+    if memo is not None:
+        memo[y] = found
+    return found
+
+
+def _bounds(y: str, index: GraphIndex, view: GraphView, depth: int, memo: dict[str, tuple[float, float] | None]) -> tuple[float, float] | None:
     readers = index.readers.get(y, [])
     if depth <= 0 or not readers or y in index.outputs:
         return None
@@ -118,7 +127,7 @@ def _grid_after(y: str, index: GraphIndex, view: GraphView, depth: int = 8) -> t
             steps.append(found[1])
             continue
         if r.op_type in PASSING and (r.op_type == "Concat" or r.input[0] == y) and not (r.op_type == "Resize" and attribute(r, "mode", "nearest") == "cubic"):
-            below = [_grid_after(o, index, view, depth - 1) for o in r.output if o]
+            below = [_grid_after(o, index, view, depth - 1, memo) for o in r.output if o]
             if not below or any(b is None for b in below):
                 return None
             tops.append(max(b[0] for b in below if b is not None))
@@ -128,7 +137,7 @@ def _grid_after(y: str, index: GraphIndex, view: GraphView, depth: int = 8) -> t
             return None
         other = r.input[1] if r.input[0] == y else r.input[0]
         c = view.scalar(other)
-        after = _grid_after(r.output[0], index, view, depth - 1)
+        after = _grid_after(r.output[0], index, view, depth - 1, memo)
         if after is None:
             return None
         if c is not None and r.op_type == "Mul" and c > 0.0:
@@ -162,6 +171,7 @@ def derived_ranges(model: onnx.ModelProto) -> dict[str, ActivationRange]:
     g = model.graph
     index = GraphIndex.of(g)
     view = index.view()
+    memo: dict[str, tuple[float, float] | None] = {}
     ranges: dict[str, ActivationRange] = {}
     for node in g.node:
         if node.op_type not in LAYERS or not in_default_domain(node) or len(node.input) < 2 or not node.output:
@@ -170,7 +180,7 @@ def derived_ranges(model: onnx.ModelProto) -> dict[str, ActivationRange]:
         if not (_dequantized(node.input[0], index) and _dequantized(node.input[1], index)) or x in index.outputs:
             continue
         found = _activation(x, index)
-        grid = _grid_after(found[2], index, view) if found is not None else None
+        grid = _grid_after(found[2], index, view, memo=memo) if found is not None else None
         if found is None or grid is None or not grid[0] > 0.0:
             continue
         f, bottom, _, sigmoid = found
@@ -187,7 +197,7 @@ def derived_ranges(model: onnx.ModelProto) -> dict[str, ActivationRange]:
             if not t or t in ranges or t in index.outputs:
                 continue
             floor = _bounded_floor(t, view)
-            grid = _grid_after(t, index, view) if floor is not None and math.isfinite(floor) else None
+            grid = _grid_after(t, index, view, memo=memo) if floor is not None and math.isfinite(floor) else None
             if floor is not None and grid is not None and grid[0] > max(floor, 0.0):
                 ranges[t] = ActivationRange(floor, grid[0], max(-floor, grid[0]))
     return ranges
