@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
@@ -74,3 +75,19 @@ def test_solve_finds_the_crossing() -> None:
     assert _solve(lambda v: v * v, 4.0, 0.0, 10.0) == pytest.approx(2.0)
     x = _solve(_silu, -0.1, -64.0, -1.2784645)
     assert _silu(x) == pytest.approx(-0.1, abs=1e-9) and x < -1.2784645
+
+
+def test_a_quantizer_without_zero_point_bounds_as_uint8() -> None:
+    """QuantizeLinear(x, scale) with no zero point writes uint8 with zero point 0: the top is 255 steps."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((2, 2, 1, 1), np.int8), "w")
+    inits = [w, numpy_helper.from_array(np.array(0.1, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "z")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]), helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w", "s"], ["wd"]), helper.make_node("Conv", ["xd", "wd"], ["c"]),
+             helper.make_node("HardSwish", ["c"], ["h"]), helper.make_node("QuantizeLinear", ["h", "s"], ["hq"]),
+             helper.make_node("DequantizeLinear", ["hq", "s"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])], inits)
+    r = derived_ranges(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))["c"]
+    assert r.min == -3.0 and r.max == pytest.approx(25.5)

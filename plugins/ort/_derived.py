@@ -80,7 +80,8 @@ PASSING = ("Split", "Slice", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Fl
 
 
 def _q_grid(q: onnx.NodeProto, index: GraphIndex) -> tuple[float, float] | None:
-    scale, zero = index.value(q.input[1]), index.value(q.input[2]) if len(q.input) == 3 else (None, None)
+    scale = index.value(q.input[1])
+    zero = index.value(q.input[2]) if len(q.input) > 2 and q.input[2] else np.array(0, np.uint8)  # no zero point: uint8, 0
     if scale is None or zero is None or scale.size != 1 or zero.size != 1 or not float(scale.reshape(())) > 0.0:
         return None
     s = float(scale.reshape(()))
