@@ -13,6 +13,7 @@ Each small model (ONNX built here, seeded weights) goes through the real ``qdq``
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -328,3 +329,36 @@ def test_written_out_hardswish_window(tmp_path: Path, plugins) -> None:  # type:
     assert _windows.reader_window(conv_out, g, index) == (-3.0, np.inf)
     silu_in = next(n.input[0] for n in g.node if n.op_type == "Sigmoid")
     assert _windows.reader_window(silu_in, g, index) == _windows.UNBOUNDED
+
+
+def _gelu_ffn() -> onnx.ModelProto:
+    """A transformer FFN as qdq writes it: DQ(x) -> MatMul(DQ(w1)) + b -> GELU (Div, Erf, Add, Mul, Mul) -> Q/DQ -> MatMul(DQ(w2)),
+    with recorded ranges for the GELU's tensors."""
+    rng = np.random.default_rng(0)
+    h, f = 8, 16
+    inits = [numpy_helper.from_array(np.array(0.02, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "z"),
+             numpy_helper.from_array(rng.integers(-100, 100, (h, f)).astype(np.int8), "w1"), numpy_helper.from_array(rng.standard_normal(f).astype(np.float32), "b1"),
+             numpy_helper.from_array(rng.integers(-100, 100, (f, h)).astype(np.int8), "w2"), numpy_helper.from_array(np.array(0.01, np.float32), "ws"),
+             numpy_helper.from_array(np.array(1.4142135, np.float32), "sqrt2"), numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+             numpy_helper.from_array(np.array(0.5, np.float32), "half")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]), helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w1", "ws", "z"], ["w1d"]), helper.make_node("MatMul", ["xd", "w1d"], ["m"]),
+             helper.make_node("Add", ["m", "b1"], ["a"]), helper.make_node("Div", ["a", "sqrt2"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
+             helper.make_node("Add", ["e", "one"], ["e1"]), helper.make_node("Mul", ["e1", "half"], ["g"]), helper.make_node("Mul", ["a", "g"], ["gelu"]),
+             helper.make_node("QuantizeLinear", ["gelu", "s", "z"], ["gq"]), helper.make_node("DequantizeLinear", ["gq", "s", "z"], ["gd"]),
+             helper.make_node("DequantizeLinear", ["w2", "ws", "z"], ["w2d"]), helper.make_node("MatMul", ["gd", "w2d"], ["y"])]
+    graph = helper.make_graph(nodes, "ffn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", h])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", h])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    ranges = {"a": {"min": -4.0, "max": 4.0, "amax": 4.0}, "g": {"min": 0.0, "max": 1.0, "amax": 1.0}, "m": {"min": -4.0, "max": 4.0, "amax": 4.0}}
+    model.metadata_props.add(key=_ranges.RANGES_KEY, value=json.dumps({"format": 1, "calibrator": "test", "ranges": ranges}))
+    return model
+
+
+def test_no_pair_where_a_float_reader_would_pay_two_passes() -> None:
+    """GELU after a MatMul: its input is read by the float Div too, so a pair on it (for the final Mul as QLinearMul) would
+    cost a QuantizeLinear and a DequantizeLinear pass and quantize the Erf's input: none is added."""
+    low = lower_for_ort_cpu(_gelu_ffn())
+    assert low.added == [], low.added
+    ops = Counter(n.op_type for n in low.model.graph.node)
+    assert ops["QuantizeLinear"] == 2, dict(ops)  # the canonical ones only
