@@ -93,11 +93,12 @@ def positive_factor(node: onnx.NodeProto, x: str, view: GraphView) -> float | No
     return value if node.op_type == "Mul" else 1.0 / value
 
 
-def _hard_sigmoid_floor(node: onnx.NodeProto) -> float | None:
-    alpha, beta = _attr(node, "alpha", 0.2), _attr(node, "beta", 0.5)
+def hard_sigmoid_product_floor(alpha: float, beta: float) -> float | None:
+    """The least value of ``x * HardSigmoid(x; alpha, beta)``, or None where its vertex is not inside the ramp."""
     if alpha <= 0.0 or not 0.0 < beta < 1.0:
         return None
     return -beta * beta / (4.0 * alpha)  # x (alpha x + beta) at its vertex -beta / (2 alpha), inside the ramp
+
 
 
 def _written_out_floor(x: str, gate: str, view: GraphView) -> float | None:
@@ -131,7 +132,7 @@ def _product_floor(node: onnx.NodeProto, view: GraphView) -> float | None:
         if p.op_type == "Sigmoid" and p.input[0] == x:
             return SILU_FLOOR
         if p.op_type == "HardSigmoid" and p.input[0] == x:
-            return _hard_sigmoid_floor(p)
+            return hard_sigmoid_product_floor(_attr(p, "alpha", 0.2), _attr(p, "beta", 0.5))
         found = _written_out_floor(x, gate, view)
         if found is not None:
             return found

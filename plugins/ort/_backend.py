@@ -134,7 +134,8 @@ class OrtBackend(Backend[OrtOptions]):
 
         self.preflight()
         inits = {i.name for i in model.graph.initializer}
-        if any(vi.name in inits for vi in model.graph.input):
+        own = any(vi.name in inits for vi in model.graph.input)  # whether ``model`` is this method's copy, free to change
+        if own:
             model = _copy(model)  # the passes' model stays as it is
         made_plain = plain_initializers(model)
         if made_plain:
@@ -148,7 +149,7 @@ class OrtBackend(Backend[OrtOptions]):
                 lowering = lower_for_ort_cpu(model, self.options.qdq_weights, extend=self.options.qdq_extend, refit=self.options.qdq_refit)
             except RangesError as exc:
                 raise UsageError(f"ort: {exc}; rerun the qdq pass to record them again") from exc
-            model, lowered, weight_form = lowering.model, [*lowering.lowered, *lowering.shifted], lowering.weights
+            model, lowered, weight_form, own = lowering.model, [*lowering.lowered, *lowering.shifted], lowering.weights, True
             facts = {"hardswish_gates_quantized": lowering.gates_quantized, "gemms_as_matmul": len(lowering.gemms_as_matmul), "matmuls_with_bias": len(lowering.matmuls_with_bias), "hardswish_collapsed": lowering.hardswish_collapsed, "qdq_pairs_floored": len(lowering.floored), "qdq_pairs_added": len(lowering.added), "qdq_pairs_same_grid": len(lowering.same_grid), "qdq_pairs_refit": len(lowering.refit),
                      "pads_folded_into_conv": len(lowering.folded_pads), "activation_ranges": lowering.ranges, "activation_ranges_derived": lowering.ranges_derived}
             ctx.log.info("ort: activation Q/DQ pairs as uint8 for ORT's fused kernels: %d after Relu/Clip (zero point 0), %d shifted (zero point 128)", len(lowering.lowered), len(lowering.shifted))
@@ -158,7 +159,7 @@ class OrtBackend(Backend[OrtOptions]):
             ctx.log.info("ort: %d pairs added after layers from the recorded ranges, %d given their input's grid, %d refit to their range, %d Pads folded into Convs",
                          len(lowering.added), len(lowering.same_grid), len(lowering.refit), len(lowering.folded_pads))
         if tuple(self.options.providers) == ("CPUExecutionProvider",):  # ORT's fused SkipLayerNormalization is the slow one on CPU
-            model, facts["adds_before_layernorm_as_sum"] = sums_before_layernorm(model)
+            model, facts["adds_before_layernorm_as_sum"] = sums_before_layernorm(model, in_place=own)
         out = ctx.staging / ctx.file_name
         if lazy_weights.has_lazy(model):  # weights left in their files: so are the ones lowering rewrote
             model = lazy_weights.spill(model, ctx.staging / ".lazy-weights-ort.bin")

@@ -92,7 +92,7 @@ def _floor(t: str, view: GraphView, depth: int = 6) -> float | None:
     """``floor_of`` seen through the ``PASSING`` ops (a Split, Slice... of a SiLU's output keeps its floor; a Concat has
     its inputs' least floor)."""
     p = view.producer.get(t)
-    if p is not None and p.domain in ("", "ai.onnx") and p.op_type in PASSING and depth > 0 and not (p.op_type == "Resize" and attribute(p, "mode", "nearest") == "cubic"):
+    if p is not None and in_default_domain(p) and p.op_type in PASSING and depth > 0 and not (p.op_type == "Resize" and attribute(p, "mode", "nearest") == "cubic"):
         floors = [_floor(x, view, depth - 1) for x in (p.input if p.op_type == "Concat" else p.input[:1])]
         return None if any(f is None for f in floors) else min(f for f in floors if f is not None)
     return floor_of(t, view)
@@ -158,7 +158,7 @@ def _bounds(y: str, index: GraphIndex, view: GraphView, depth: int, memo: dict[s
 def _bounded_floor(t: str, view: GraphView, depth: int = 6) -> float | None:
     """``_floor``, and for an Add the sum of its inputs' floors (a residual sum of two activations)."""
     p = view.producer.get(t)
-    if p is not None and p.op_type == "Add" and p.domain in ("", "ai.onnx") and len(p.input) == 2 and depth > 0:
+    if p is not None and p.op_type == "Add" and in_default_domain(p) and len(p.input) == 2 and depth > 0:
         floors = [_bounded_floor(x, view, depth - 1) for x in p.input]
         return None if any(f is None for f in floors) else sum(f for f in floors if f is not None)
     return _floor(t, view)

@@ -34,8 +34,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from converter.activation_floors import hard_sigmoid_product_floor
 from converter.graph_edit import replace_repeated, unique_name
-from converter.plugins.ort._graph import GraphIndex, attribute, in_default_domain, used_names
+from converter.plugins.ort._graph import GraphIndex, attribute, in_default_domain, pair_of, used_names
 
 GATE_SCALE = np.float32(1.0 / 255.0)
 SHIFT_TOLERANCE = 0.05
@@ -132,12 +133,10 @@ def _shifted_grid(q: onnx.NodeProto, b: float, index: GraphIndex) -> tuple[float
     DequantizeLinear readers, zero point of ``q`` = that + k), so that ``Q(y - b)`` read back is ``y``. ``y``'s own grid
     where ``b`` is within ``SHIFT_TOLERANCE`` steps of whole ones; else its scale moved to ``b / k`` (k = b / scale
     towards zero, at least ``MIN_SHIFT_STEPS``: steps up to 1 / k coarser), its low end kept; None otherwise."""
-    scale, zero = index.value(q.input[1]), index.value(q.input[2])
-    dqs = index.readers.get(q.output[0], [])
-    if (scale is None or zero is None or scale.size != 1 or zero.size != 1 or zero.dtype != np.uint8 or not dqs or q.output[0] in index.outputs
-            or any(d.op_type != "DequantizeLinear" or list(d.input[1:3]) != list(q.input[1:3]) for d in dqs)):
+    pair = pair_of(q, index)
+    if pair is None:
         return None
-    s, z = float(scale.reshape(())), int(zero.reshape(()))
+    s, z = pair.scale, pair.zero_point
     steps = b / s
     k = round(steps)
     if abs(steps - k) > SHIFT_TOLERANCE:
@@ -232,8 +231,8 @@ def quantize_gates(g: onnx.GraphProto) -> int:
         else:
             continue
         gate = unique_name(f"{y}_gate", used)
-        floor = -beta * beta / (4.0 * alpha) if 0.0 < beta < 1.0 else -np.inf  # x * HardSigmoid(x) at its vertex, inside the ramp
-        product = _affine_nodes(x, gate, y, tail, floor, index, used, params)
+        floor = hard_sigmoid_product_floor(alpha, beta)
+        product = _affine_nodes(x, gate, y, tail, -np.inf if floor is None else floor, index, used, params)
         if product is None:
             continue
         replaced[id(node)] = [*_gate_nodes(x, alpha, beta, gate, used, params), *product]

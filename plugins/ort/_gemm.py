@@ -50,6 +50,13 @@ def _weight(dq: onnx.NodeProto, trans_b: bool, g: onnx.GraphProto, index: GraphI
     return name
 
 
+def _drop_unread(node: onnx.NodeProto, dqs: tuple[onnx.NodeProto, ...], index: GraphIndex, replaced: dict[int, list[onnx.NodeProto]]) -> None:
+    """Mark for removal each of ``dqs`` that only ``node`` reads (and no graph output is)."""
+    for dq in dqs:
+        if all(r is node for r in index.readers.get(dq.output[0], [])) and dq.output[0] not in index.outputs:
+            replaced[id(dq)] = []
+
+
 def gemms_to_integer_matmul(g: onnx.GraphProto) -> list[str]:
     """Rewrite (in place) each main-graph Gemm that reads a per-tensor DequantizeLinear (activation) and a
     DequantizeLinear of a constant weight, and whose output no QuantizeLinear reads, as MatMulIntegerToFloat; the
@@ -79,9 +86,7 @@ def gemms_to_integer_matmul(g: onnx.GraphProto) -> list[str]:
             continue
         inputs = [a_dq.input[0], weight, a_dq.input[1], b_dq.input[1], a_dq.input[2], b_dq.input[2], bias]
         replaced[id(node)] = [helper.make_node("MatMulIntegerToFloat", inputs, [y], name=unique_name(f"{node.name or y}_integer", used), domain=MS_DOMAIN)]
-        for dq in (a_dq, b_dq):  # a DequantizeLinear nothing else reads goes
-            if all(r is node for r in index.readers.get(dq.output[0], [])) and dq.output[0] not in index.outputs:
-                replaced[id(dq)] = []
+        _drop_unread(node, (a_dq, b_dq), index, replaced)
         done.append(y)
     if done:
         replace_repeated(g.node, [m for n in g.node for m in replaced.get(id(n), [n])])
@@ -119,9 +124,7 @@ def matmuls_with_bias(g: onnx.GraphProto) -> list[str]:
         replaced[id(node)] = [helper.make_node("MatMulIntegerToFloat", inputs, [add.output[0]], name=unique_name(f"{node.name or add.output[0]}_integer", used),
                                                domain=MS_DOMAIN)]
         replaced[id(add)] = []
-        for dq in (a_dq, b_dq):
-            if all(r is node for r in index.readers.get(dq.output[0], [])) and dq.output[0] not in index.outputs:
-                replaced[id(dq)] = []
+        _drop_unread(node, (a_dq, b_dq), index, replaced)
         done.append(add.output[0])
     if done:
         replace_repeated(g.node, [m for n in g.node for m in replaced.get(id(n), [n])])

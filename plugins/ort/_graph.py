@@ -108,17 +108,25 @@ class Pair:
         return self.dqs[0].output[0]
 
 
+def pair_of(q: onnx.NodeProto, index: GraphIndex) -> Pair | None:
+    """``q`` and the DequantizeLinear nodes reading it as a :class:`Pair`: scalar uint8 parameters they all share, the Q's
+    output not a graph output; None otherwise."""
+    if q.op_type != "QuantizeLinear" or not in_default_domain(q) or len(q.input) != 3:
+        return None
+    scale, zp = index.value(q.input[1]), index.value(q.input[2])
+    if scale is None or zp is None or scale.size != 1 or zp.size != 1 or zp.dtype != np.uint8:
+        return None
+    dqs = index.readers.get(q.output[0], [])
+    if not dqs or q.output[0] in index.outputs or any(d.op_type != "DequantizeLinear" or list(d.input[1:3]) != list(q.input[1:3]) for d in dqs):
+        return None
+    return Pair(q.input[0], q, dqs, float(scale.reshape(())), int(zp.reshape(())))
+
+
 def uint8_pairs(g: onnx.GraphProto, index: GraphIndex) -> dict[str, Pair]:
     """Activation pairs ``t -> Q -> DQ...`` with scalar uint8 parameters shared by the Q and its DQs, by tensor ``t``."""
     pairs: dict[str, Pair] = {}
     for q in g.node:
-        if q.op_type != "QuantizeLinear" or not in_default_domain(q) or len(q.input) != 3 or q.input[0] in pairs:
-            continue
-        scale, zp = index.value(q.input[1]), index.value(q.input[2])
-        if scale is None or zp is None or scale.size != 1 or zp.size != 1 or zp.dtype != np.uint8:
-            continue
-        dqs = index.readers.get(q.output[0], [])
-        if not dqs or q.output[0] in index.outputs or any(d.op_type != "DequantizeLinear" or list(d.input[1:3]) != list(q.input[1:3]) for d in dqs):
-            continue
-        pairs[q.input[0]] = Pair(q.input[0], q, dqs, float(scale.reshape(())), int(zp.reshape(())))
+        pair = pair_of(q, index) if q.op_type == "QuantizeLinear" and q.input and q.input[0] not in pairs else None
+        if pair is not None:
+            pairs[pair.tensor] = pair
     return pairs

@@ -29,17 +29,19 @@ def _normalized(x: str, index: GraphIndex) -> bool:
     return len(readers) == 2 and len(mean) == 1 and len(sub) == 1 and list(sub[0].input) == [x, mean[0].output[0]]
 
 
-def sums_before_layernorm(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    """``model`` with each main-graph Add read only by a layer norm (:func:`_normalized`) written as Sum: a copy when
-    anything changed (``model`` itself is not changed), and how many."""
+def sums_before_layernorm(model: onnx.ModelProto, in_place: bool = False) -> tuple[onnx.ModelProto, int]:
+    """``model`` with each main-graph Add read only by a layer norm (:func:`_normalized`) written as Sum, and how many:
+    a copy when anything changed (``model`` itself is not changed), or ``model`` changed with ``in_place``."""
     g = model.graph
     index = GraphIndex.of(g)
     found = [j for j, node in enumerate(g.node)
              if node.op_type == "Add" and in_default_domain(node) and len(node.input) == 2 and node.output and _normalized(node.output[0], index)]
     if not found:
         return model, 0
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = model
+    if not in_place:
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
     for j in found:
         out.graph.node[j].op_type = "Sum"
     return out, len(found)
